@@ -1,0 +1,88 @@
+"""One code path for every launcher: plain `python`, `torchrun`, or a Slurm task started by submitit."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_master(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _submitit_env() -> tuple[int, int, int] | None:
+    """(rank, local_rank, world_size) inside a Slurm job that submitit started, else None."""
+    if "SUBMITIT_EXECUTOR" not in os.environ and "SUBMITIT_FOLDER" not in os.environ:
+        return None
+    import submitit
+
+    try:
+        env = submitit.JobEnvironment()
+    except RuntimeError:
+        return None
+    if env.num_tasks > 1:
+        # Rank 0's host is the rendezvous; the port is derived from the job id so that
+        # concurrent sweep jobs on one node do not collide.
+        os.environ.setdefault("MASTER_ADDR", env.hostnames[0])
+        os.environ.setdefault("MASTER_PORT", str(20000 + int(str(env.job_id).split("_")[0]) % 20000))
+    return env.global_rank, env.local_rank, env.num_tasks
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("training.device=cuda but no CUDA device is visible; use training.device=cpu or auto.")
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun (or any launcher that sets the env)
+        rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    else:
+        rank, local_rank, world_size = _submitit_env() or (0, 0, 1)
+    torch_device = resolve_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if torch_device.type == "cuda":
+            torch.cuda.set_device(torch_device)
+        dist.init_process_group(
+            backend="nccl" if torch_device.type == "cuda" else "gloo",
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(minutes=10),
+        )
+    return DistInfo(rank, local_rank, world_size, torch_device)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.is_distributed:
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.is_distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

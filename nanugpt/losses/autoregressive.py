@@ -1,0 +1,26 @@
+"""Next-token cross-entropy, with the number of correctly predicted tokens for accuracy."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class AutoregressiveLoss:
+    """Mean cross-entropy over every target that is not `ignore_index`.
+
+    Returns `(loss, correct, count)`: `correct` is the number of targets whose argmax
+    prediction is right and `count` the number of targets scored, so accuracy stays exact
+    when it is summed over micro-batches and ranks.
+    """
+
+    def __init__(self, ignore_index: int = -100) -> None:
+        self.ignore_index = ignore_index
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        flat_logits = logits.reshape(-1, logits.size(-1))
+        flat_targets = targets.reshape(-1)
+        loss = F.cross_entropy(flat_logits.float(), flat_targets, ignore_index=self.ignore_index)
+        mask = flat_targets != self.ignore_index
+        correct = ((flat_logits.argmax(dim=-1) == flat_targets) & mask).sum()
+        return loss, correct, mask.sum()

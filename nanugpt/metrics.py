@@ -1,0 +1,62 @@
+"""Metrics: `metrics.jsonl` (one JSON object per step, the source of truth) and console lines."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class MetricsFile:
+    """Appends one JSON object per line and flushes, so readers (reports, tests, resumed runs)
+    always see whole lines; a resumed run appends to the same file."""
+
+    def __init__(self, path: Path, truncate_after_step: int | None = None) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if truncate_after_step is not None and path.exists():
+            # A resumed run redoes the steps after its checkpoint: drop their stale rows.
+            kept = [r for r in read_metrics(path) if r.get("step", 0) <= truncate_after_step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.file = open(path, "a")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a torn last line from a killed writer
+    return rows
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def console_line(row: dict[str, Any], max_steps: int, eta_s: float) -> str:
+    parts = [f"step {row['step']:>{len(str(max_steps))}}/{max_steps}", f"loss {row['train/loss']:.4f}"]
+    if "val/loss" in row:
+        parts.append(f"val {row['val/loss']:.4f}")
+    parts += [
+        f"acc {row['train/acc']:.3f}",
+        f"lr {row['run/lr']:.2e}",
+        f"norm {row['train/pre_clip_norm']:.2f}",
+        f"{row['train/tokens_per_sec']:,.0f} tok/s",
+        f"ETA {format_duration(eta_s)}",
+    ]
+    return " | ".join(parts)

@@ -1,0 +1,275 @@
+"""Train a GPT: `python -m nanugpt.train [overrides]`.
+
+Reads top to bottom: set up the process, data, model, optimizer; maybe resume; then the loop
+(micro-steps with gradient accumulation, clip, step, log, evaluate, checkpoint); then print how
+to sample from what was trained. Setup details live in small modules this file calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+
+from nanugpt import dist
+from nanugpt.checkpoint import clean_state_dict, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nanugpt.config import register_configs
+from nanugpt.data.loader import RandomWindowBatches, fixed_eval_batches
+from nanugpt.data.prepared import PreparedData, prepare
+from nanugpt.metrics import MetricsFile, console_line, format_duration
+from nanugpt.models.with_loss import ModelWithLoss
+from nanugpt.utils import CONF_DIR, seed_everything
+
+log = logging.getLogger("nanugpt.train")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def grad_accum_steps(global_batch_size: int, device_batch_size: int, world_size: int) -> int:
+    per_step = device_batch_size * world_size
+    if global_batch_size % per_step != 0:
+        raise ValueError(
+            f"training.global_batch_size={global_batch_size} is not divisible by "
+            f"training.device_batch_size={device_batch_size} x world_size={world_size} = {per_step}. "
+            f"Pick a global batch that is a multiple of {per_step} (e.g. {max(per_step, global_batch_size // per_step * per_step)}), "
+            "or change device_batch_size."
+        )
+    return global_batch_size // per_step
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"training.dtype={name} is not one of auto, {', '.join(DTYPES)}.")
+    if name == "float16" and device.type != "cuda":
+        raise ValueError(
+            "training.dtype=float16 needs a CUDA device (float16 autocast with a grad scaler); on "
+            f"{device.type} use training.dtype=float32 or bfloat16."
+        )
+    return DTYPES[name]
+
+
+def prepare_data(cfg: DictConfig) -> PreparedData:
+    return prepare(
+        source=instantiate(cfg.data),
+        tokenizer=instantiate(cfg.tokenizer),
+        data_dir=cfg.paths.data_dir,
+        data_cfg=OmegaConf.to_container(cfg.data, resolve=True),
+        tokenizer_cfg=OmegaConf.to_container(cfg.tokenizer, resolve=True),
+    )
+
+
+def set_vocab_size(cfg: DictConfig, data_vocab_size: int) -> None:
+    """The model's vocab comes from the prepared data unless the config pins a (larger) one."""
+    if cfg.model.get("vocab_size") is None:
+        cfg.model.vocab_size = data_vocab_size
+    elif cfg.model.vocab_size < data_vocab_size:
+        raise ValueError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the data's vocab of "
+            f"{data_vocab_size} ({cfg.tokenizer.get('_target_')}); drop the override (model.vocab_size=null) "
+            "to take it from the data."
+        )
+
+
+def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
+    if resume == "never":
+        return None
+    if resume == "auto":
+        last = run_dir / "checkpoints" / "last.pt"
+        return last if last.is_file() else None
+    return Path(resume).expanduser()
+
+
+@torch.no_grad()
+def evaluate(net: torch.nn.Module, batches: list, autocast: Any, info: dist.DistInfo) -> dict[str, float]:
+    net.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=info.device)  # loss * count, correct, count
+    for x, y in batches:
+        with autocast:
+            _, loss, correct, count = net(x, y)
+        totals += torch.stack([loss.double() * count, correct.double(), count.double()])
+    dist.all_reduce_sum(totals, info)
+    net.train()
+    loss = (totals[0] / totals[2]).item()
+    return {"val/loss": loss, "val/acc": (totals[1] / totals[2]).item(), "val/ppl": math.exp(min(loss, 50.0))}
+
+
+def train(cfg: DictConfig, run_dir: Path) -> float:
+    info = dist.init_distributed(cfg.training.device)
+    try:
+        return _train(cfg, run_dir, info)
+    finally:
+        dist.shutdown()
+
+
+def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
+    tcfg = cfg.training
+    if not info.is_master:
+        logging.getLogger().setLevel(logging.WARNING)  # only rank 0 talks
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    accum = grad_accum_steps(tcfg.global_batch_size, tcfg.device_batch_size, info.world_size)
+    amp_dtype = autocast_dtype(tcfg.dtype, info.device)
+    seed_everything(tcfg.seed)
+
+    # ---- data: tokenized once into a cache keyed by data + tokenizer config
+    data = prepare_data(cfg)
+    set_vocab_size(cfg, data.vocab_size)
+    context_length = cfg.model.context_length
+    train_batches = RandomWindowBatches(
+        data.train, context_length, tcfg.global_batch_size, tcfg.device_batch_size,
+        info.rank, info.world_size, tcfg.seed, info.device,
+    )  # fmt: skip
+    val_batches = fixed_eval_batches(data.val, context_length, tcfg.device_batch_size, cfg.eval.iters, info.rank, info.world_size, info.device)
+
+    # ---- model, loss, optimizer, schedule
+    model = instantiate(cfg.model)
+    net = ModelWithLoss(model, instantiate(cfg.loss)).to(info.device)
+    optimizer = instantiate(cfg.optim)(model)
+    scheduler = instantiate(cfg.sched)(optimizer)
+    scaler = torch.amp.GradScaler(info.device.type, enabled=amp_dtype == torch.float16)
+    n_params = model.num_params()
+    log.info(
+        "model %s: %s parameters | vocab %d | context %d | global batch %d = %d device x %d ranks x %d accum | %s tokens/step",
+        cfg.model._target_.rsplit(".", 1)[-1], f"{n_params:,}", cfg.model.vocab_size, context_length,
+        tcfg.global_batch_size, tcfg.device_batch_size, info.world_size, accum, f"{tcfg.global_batch_size * context_length:,}",
+    )  # fmt: skip
+
+    # ---- resume: model, optimizer, scheduler, scaler, step, best val, RNGs and data position
+    start_step, best_val_loss = 0, math.inf
+    resume_path = find_resume_checkpoint(cfg.resume, run_dir)
+    if resume_path is not None:
+        ckpt = load_checkpoint(resume_path)
+        model.load_state_dict(clean_state_dict(ckpt["model"]))
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        train_batches.load_state_dict(ckpt["data"])
+        set_rng_state(ckpt["rng"][info.rank] if info.rank < len(ckpt["rng"]) else ckpt["rng"][0])
+        start_step, best_val_loss = ckpt["step"], ckpt["best_val_loss"]
+        log.info("Resumed from %s at step %d (best val loss %.4f)", resume_path, start_step, best_val_loss)
+
+    # ---- wrappers: compile (fuses model + loss), then DDP
+    if tcfg.compile:
+        net = torch.compile(net)
+    if info.is_distributed:
+        net = DistributedDataParallel(net, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    autocast = torch.autocast(info.device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
+
+    metrics = MetricsFile(run_dir / "metrics.jsonl", truncate_after_step=start_step) if info.is_master else None
+    ckpt_dir = run_dir / "checkpoints"
+    tokens_per_step = tcfg.global_batch_size * context_length
+    loop_start, timed_steps = None, 0
+    last_val_loss: float | None = None
+
+    for step in range(start_step + 1, tcfg.max_steps + 1):  # `step` counts completed optimizer steps
+        t0 = time.perf_counter()
+        totals = torch.zeros(3, dtype=torch.float64, device=info.device)
+        for micro_step, (x, y) in enumerate(train_batches.next_step()):
+            # DDP all-reduces gradients only on the last micro-step.
+            sync = not info.is_distributed or micro_step == accum - 1
+            with contextlib.nullcontext() if sync else net.no_sync(), autocast:
+                _, loss, correct, count = net(x, y)
+            scaler.scale(loss / accum).backward()
+            totals += torch.stack([loss.detach().double(), correct.double(), count.double()])
+        scaler.unscale_(optimizer)
+        pre_clip_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf)
+        lr = optimizer.param_groups[0]["lr"]
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+
+        dist.all_reduce_sum(totals, info)
+        train_loss = totals[0].item() / (accum * info.world_size)
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(
+                f"Train loss is {train_loss} at step {step}; stopping before it reaches a checkpoint. "
+                f"The last good checkpoint is {ckpt_dir / 'last.pt'}. Lower optim.lr, or keep "
+                "training.grad_clip > 0."
+            )
+        dt = time.perf_counter() - t0
+        if loop_start is None:
+            loop_start = time.perf_counter()  # the first step (warm-up, compilation) is not timed
+        else:
+            timed_steps += 1
+        sec_per_step = (time.perf_counter() - loop_start) / timed_steps if timed_steps else dt
+        eta_s = sec_per_step * (tcfg.max_steps - step)
+        row: dict[str, Any] = {
+            "step": step,
+            "train/loss": train_loss,
+            "train/acc": (totals[1] / totals[2]).item(),
+            "train/ppl": math.exp(min(train_loss, 50.0)),
+            "train/tokens_per_sec": tokens_per_step / dt,
+            "train/pre_clip_norm": pre_clip_norm.item(),
+            "run/lr": lr,
+            "run/eta_hr": eta_s / 3600,
+            "run/tokens": step * tokens_per_step,
+        }
+
+        is_last = step == tcfg.max_steps
+        if step % cfg.eval.every == 0 or is_last:
+            row.update(evaluate(net, val_batches, autocast, info))
+            last_val_loss = row["val/loss"]
+            row["val/generalization_gap"] = row["val/loss"] - train_loss
+            is_best = row["val/loss"] < best_val_loss
+            best_val_loss = min(best_val_loss, row["val/loss"])
+            if cfg.eval.checkpoint != "none":
+                state = {
+                    "model": clean_state_dict(model.state_dict()),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "data": train_batches.state_dict(),
+                    "rng": [rng_state()],
+                    "step": step,
+                    "best_val_loss": best_val_loss,
+                    "config": OmegaConf.to_container(cfg, resolve=True),
+                    "data_meta": data.meta,
+                }
+                if info.is_master:
+                    save_checkpoint(ckpt_dir, state, step, row["val/loss"], is_best and cfg.eval.checkpoint == "best_and_last")
+
+        if metrics is not None:
+            metrics.write(row)
+        if step % cfg.logging.every == 0 or is_last or "val/loss" in row:
+            log.info(console_line(row, tcfg.max_steps, eta_s))
+
+    if metrics is not None:
+        metrics.close()
+    if info.is_master:
+        finish_message(run_dir, ckpt_dir, best_val_loss, last_val_loss, loop_start)
+    return best_val_loss
+
+
+def finish_message(run_dir: Path, ckpt_dir: Path, best_val_loss: float, last_val_loss: float | None, loop_start: float | None) -> None:
+    elapsed = time.perf_counter() - loop_start if loop_start else 0.0
+    log.info("Done in %s: best val loss %.4f, last %s. Run dir: %s", format_duration(elapsed), best_val_loss, f"{last_val_loss:.4f}" if last_val_loss is not None else "n/a", run_dir)
+    ckpt = ckpt_dir / "best.pt" if (ckpt_dir / "best.pt").is_file() else ckpt_dir / "last.pt"
+    if ckpt.is_file():
+        log.info("Checkpoint: %s", ckpt)
+        log.info("Sample from it:\n  python -m nanugpt.generate ckpt=%s prompt=%s max_new_tokens=200", shlex.quote(str(ckpt)), shlex.quote("'def '"))
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float:
+    return train(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()
