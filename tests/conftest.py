@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from nanugpt.config import register_configs
+from nanugpt.utils import CONF_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A model and run small enough for a few seconds on 2 CPU cores.
+TINY = [
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.context_length=32",
+    "training.global_batch_size=8",
+    "training.device_batch_size=8",
+    "training.threads=1",
+    "data.max_bytes=300000",
+    "eval.iters=4",
+    "logging.every=10",
+]
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Prepared data goes to a per-session temp dir, never into the checkout."""
+    path = tmp_path_factory.getbasetemp() / "data"
+    monkeypatch.setenv("NANUGPT_DATA", str(path))
+    return path
+
+
+def compose_train(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides or [])
+
+
+def run_cli(module: str, *args: str, cwd: Path, env: dict | None = None, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m <module> args...` as a user would, returning its output."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc

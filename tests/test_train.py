@@ -1,0 +1,105 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanugpt.checkpoint import load_checkpoint, read_log
+from nanugpt.generate import build_from_checkpoint, untrusted_targets
+from nanugpt.metrics import read_metrics
+from nanugpt.train import grad_accum_steps, train
+
+from .conftest import REPO, TINY, compose_train, run_cli
+
+
+def test_grad_accum_steps_divides_or_explains():
+    assert grad_accum_steps(32, 8, 2) == 2
+    with pytest.raises(ValueError, match=r"global_batch_size=30 .*device_batch_size=8 x world_size=2"):
+        grad_accum_steps(30, 8, 2)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = compose_train(TINY + ["training.max_steps=60", "eval.every=20", "optim.lr=3e-3", "sched.warmup_steps=5"])
+    train(cfg, run_dir)
+    return run_dir
+
+
+def test_short_training_run_lowers_the_loss(trained_run):
+    rows = read_metrics(trained_run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 61))
+    assert rows[-1]["train/loss"] < rows[0]["train/loss"] - 1.0
+    val = [r["val/loss"] for r in rows if "val/loss" in r]
+    assert len(val) == 3 and val[-1] < val[0]
+    assert rows[0]["train/loss"] == pytest.approx(math.log(256), abs=0.3)  # starts at chance
+    for key in ("train/acc", "train/ppl", "train/tokens_per_sec", "train/pre_clip_norm", "run/lr", "run/eta_hr"):
+        assert all(math.isfinite(r[key]) for r in rows), key
+    assert all("val/generalization_gap" in r for r in rows if "val/loss" in r)
+
+
+def test_checkpoints_and_log_agree(trained_run):
+    ckpt_dir = trained_run / "checkpoints"
+    log = read_log(ckpt_dir)
+    assert [e["step"] for e in log if e["path"] == "last.pt"] == [20, 40, 60]
+    for entry in log:
+        assert (ckpt_dir / entry["path"]).is_file()
+    best = min(e["val_loss"] for e in log)
+    assert load_checkpoint(ckpt_dir / "best.pt")["best_val_loss"] == pytest.approx(best)
+    ckpt = load_checkpoint(ckpt_dir / "last.pt")
+    assert ckpt["step"] == 60 and ckpt["config"]["model"]["vocab_size"] == 256
+
+
+def test_save_load_round_trip_gives_identical_logits(trained_run):
+    ckpt = load_checkpoint(trained_run / "checkpoints" / "last.pt")
+    a, _ = build_from_checkpoint(ckpt, torch.device("cpu"))
+    b, _ = build_from_checkpoint(load_checkpoint(trained_run / "checkpoints" / "last.pt"), torch.device("cpu"))
+    idx = torch.randint(0, 256, (2, 32))
+    with torch.no_grad():
+        assert torch.equal(a.logits(a(idx)), b.logits(b(idx)))
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in a.state_dict().items())
+
+
+def test_checkpoint_with_foreign_target_is_refused(trained_run):
+    ckpt = load_checkpoint(trained_run / "checkpoints" / "last.pt")
+    ckpt["config"]["model"]["_target_"] = "os.system"
+    assert untrusted_targets(ckpt["config"]) == ["os.system"]
+    with pytest.raises(PermissionError, match="trust_checkpoint=true"):
+        build_from_checkpoint(ckpt, torch.device("cpu"))
+
+
+def test_generate_cli_samples_from_the_checkpoint(trained_run):
+    ckpt = trained_run / "checkpoints" / "best.pt"
+    args = [f"ckpt={ckpt}", 'prompt="def "', "max_new_tokens=40", "seed=7"]
+    out = run_cli("nanugpt.generate", *args, cwd=REPO).stdout
+    assert out.startswith("def ") and len(out.rstrip("\n")) >= 30
+    assert run_cli("nanugpt.generate", *args, cwd=REPO).stdout == out  # seeded
+    greedy = run_cli("nanugpt.generate", *args, "temperature=0", "num_samples=2", cwd=REPO).stdout
+    samples = greedy.split("---------- sample 2/2\n")
+    assert len(samples) == 2 and samples[0].split("\n", 1)[1] == samples[1]  # greedy is deterministic
+
+
+def test_generate_rejects_a_prompt_longer_than_the_context(trained_run):
+    proc = run_cli("nanugpt.generate", f"ckpt={trained_run / 'checkpoints' / 'best.pt'}", "prompt=" + "x" * 40, cwd=REPO, check=False)
+    assert proc.returncode != 0 and "longer than the model's context of 32" in proc.stderr
+
+
+def test_train_cli_end_to_end_prints_how_to_sample(tmp_path):
+    run_dir = tmp_path / "cli_run"
+    proc = run_cli(
+        "nanugpt.train", *TINY, "training.max_steps=12", "eval.every=6", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
+    out = proc.stdout
+    assert "step 12/12" in out and "ETA" in out
+    assert f"Checkpoint: {run_dir}/checkpoints/best.pt" in out
+    assert f"python -m nanugpt.generate ckpt={run_dir}/checkpoints/best.pt" in out
+    assert (run_dir / "log.txt").read_text().count("step 12/12") == 1
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert len(read_metrics(run_dir / "metrics.jsonl")) == 12
+
+
+def test_indivisible_batch_is_a_clear_cli_error(tmp_path):
+    proc = run_cli("nanugpt.train", *TINY, "training.global_batch_size=12", f"hydra.run.dir={tmp_path}", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "training.global_batch_size=12 is not divisible" in proc.stderr
