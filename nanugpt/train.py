@@ -260,7 +260,7 @@ def finish_message(run_dir: Path, ckpt_dir: Path, best_val_loss: float, last_val
     ckpt = ckpt_dir / "best.pt" if (ckpt_dir / "best.pt").is_file() else ckpt_dir / "last.pt"
     if ckpt.is_file():
         log.info("Checkpoint: %s", ckpt)
-        log.info("Sample from it:\n  python -m nanugpt.generate ckpt=%s prompt=%s max_new_tokens=200", shlex.quote(str(ckpt)), shlex.quote("'def '"))
+        log.info("Sample from it:\n  python -m nanugpt.generate ckpt=%s 'prompt=\"def \"' max_new_tokens=200", shlex.quote(str(ckpt)))
 
 
 register_configs()

@@ -48,7 +48,8 @@ def run_cli(module: str, *args: str, cwd: Path, env: dict | None = None, check: 
     proc = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
-        env={**os.environ, **(env or {})},
+        # PYTHONPATH: the checkout under test, even when cwd is elsewhere (worktrees, tmp dirs)
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
