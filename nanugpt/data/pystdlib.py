@@ -1,0 +1,41 @@
+"""The embedded default corpus: the running interpreter's own standard-library sources.
+
+Every Python install has it, so `python -m nanugpt.train` needs no download. Files are sorted
+so the corpus (and its train/val split) is the same on every run of the same Python.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+from nanugpt.data.source import TextSource
+
+SKIPPED_DIRS = frozenset({"test", "site-packages", "__pycache__"})
+
+
+def stdlib_files(root: Path | None = None) -> list[Path]:
+    root = Path(root or sysconfig.get_paths()["stdlib"])
+    return sorted(
+        p for p in root.rglob("*.py") if not SKIPPED_DIRS.intersection(p.relative_to(root).parts)
+    )
+
+
+class PyStdlibCorpus(TextSource):
+    name = "pystdlib"
+
+    def __init__(self, val_fraction: float = 0.05, max_bytes: int | None = None) -> None:
+        super().__init__(val_fraction)
+        self.max_bytes = max_bytes
+
+    def read_text(self) -> str:
+        parts: list[str] = []
+        size = 0
+        for path in stdlib_files():
+            text = path.read_text(encoding="utf-8", errors="replace")
+            parts.append(text)
+            size += len(text)
+            if self.max_bytes is not None and size >= self.max_bytes:
+                break
+        text = "\n".join(parts)
+        return text if self.max_bytes is None else text[: self.max_bytes]
