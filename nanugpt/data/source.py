@@ -1,9 +1,39 @@
-"""A text source: where a corpus comes from and how it splits into train and val."""
+"""Sources: where a corpus comes from, how it splits into train and val, and how prepare reads it.
+
+`prepare` reads any `TokenSource`: a corpus in shards (one for an in-memory text, many for a
+hub data set), each tokenized and written on its own, so a large corpus streams to disk and an
+interrupted prepare continues from the last finished shard.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from functools import cached_property
+from typing import Iterator, Protocol
+
+import numpy as np
+
+from nanugpt.tokenizers.base import Tokenizer
+
+TEXT_PIECE_CHARS = 1 << 20
+
+
+class TokenSource(Protocol):
+    name: str
+
+    def fingerprint(self) -> str:
+        """Identifies the content, so a changed corpus is never served from a stale cache."""
+        ...
+
+    def texts(self, split: str) -> Iterator[str]:
+        """The split's text in pieces, for tokenizers learned from the corpus (char, BPE)."""
+        ...
+
+    def num_shards(self, split: str) -> int: ...
+
+    def tokenize_shard(self, tokenizer: Tokenizer, split: str, index: int) -> np.ndarray:
+        """Token ids of one shard; shards of a split concatenate in index order."""
+        ...
 
 
 class TextSource:
@@ -38,3 +68,14 @@ class TextSource:
     def splits(self) -> dict[str, str]:
         cut = int(len(self.text) * (1.0 - self.val_fraction))
         return {"train": self.text[:cut], "val": self.text[cut:]}
+
+    # TokenSource: the whole split is one shard
+    def texts(self, split: str) -> Iterator[str]:
+        text = self.splits()[split]
+        return (text[i : i + TEXT_PIECE_CHARS] for i in range(0, len(text), TEXT_PIECE_CHARS))
+
+    def num_shards(self, split: str) -> int:
+        return 1
+
+    def tokenize_shard(self, tokenizer: Tokenizer, split: str, index: int) -> np.ndarray:
+        return tokenizer.encode(self.splits()[split])

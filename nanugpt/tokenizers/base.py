@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Iterable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -19,6 +19,46 @@ class Tokenizer(Protocol):
     def decode(self, ids: list[int] | np.ndarray) -> str:
         """Token ids -> text (invalid byte sequences become U+FFFD, never an exception)."""
         ...
+
+
+class FittedTokenizer(Tokenizer, Protocol):
+    """A tokenizer learned from the corpus (char vocab, trained BPE).
+
+    `prepare` calls `fit` once and stores `state()` in the prepared data's meta.json; training
+    copies that meta into every checkpoint, so `generate` rebuilds the same tokenizer with
+    `load_state` from the checkpoint alone.
+    """
+
+    needs_fit: bool
+
+    def fit(self, texts: dict[str, Iterable[str]]) -> None:
+        """Learn the vocab from the corpus: texts["train"], texts["val"] yield text pieces."""
+        ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def load_state(self, state: dict[str, Any]) -> None: ...
+
+
+def is_fitted_kind(tokenizer: Tokenizer) -> bool:
+    # hasattr on the class: an unfitted instance's vocab_size raises, so no isinstance check
+    return all(hasattr(type(tokenizer), a) for a in ("fit", "state", "load_state", "needs_fit"))
+
+
+def tokenizer_state(tokenizer: Tokenizer) -> dict[str, Any] | None:
+    return tokenizer.state() if is_fitted_kind(tokenizer) else None  # type: ignore[attr-defined]
+
+
+def restore_tokenizer_state(tokenizer: Tokenizer, data_meta: dict[str, Any]) -> None:
+    """Give a fitted tokenizer the vocab its prepared data (or checkpoint) was built with."""
+    state = data_meta.get("tokenizer_state")
+    if state is not None and is_fitted_kind(tokenizer):
+        tokenizer.load_state(state)  # type: ignore[attr-defined]
+
+
+def eot_id(tokenizer: Tokenizer) -> int | None:
+    """The end-of-text token that separates documents, if the tokenizer has one."""
+    return getattr(tokenizer, "eot_id", None)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

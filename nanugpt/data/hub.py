@@ -1,0 +1,156 @@
+"""Data sets through Hugging Face `datasets`: tinystories, wikitext103, openwebtext, fineweb_edu_10b,
+or any hub id / local files (`data.path=parquet data.data_files=...`) with a text column.
+
+Prepare tokenizes one shard of `shard_docs` documents at a time with `Dataset.map(batched=True,
+num_proc=...)` and writes it to disk before the next, so a corpus larger than memory streams
+through, and an interrupted prepare continues from its last finished shard.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import math
+import os
+from functools import cached_property
+from typing import Any, Iterator
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from nanugpt.tokenizers.base import Tokenizer, eot_id
+
+SPLIT_SEED = 2357  # nanoGPT's openwebtext val split seed
+
+
+def encode_texts(tokenizer: Tokenizer, texts: list[str]) -> list[np.ndarray]:
+    batch = getattr(tokenizer, "encode_batch", None)  # tiktoken and HF tokenizers encode in parallel
+    return batch(texts) if batch is not None else [tokenizer.encode(t) for t in texts]
+
+
+def encode_docs(batch: dict[str, list], tokenizer: Tokenizer, text_field: str, eot: int | None, separator: str) -> dict[str, list]:
+    texts = batch[text_field] if eot is not None or not separator else [t + separator for t in batch[text_field]]
+    ids = encode_texts(tokenizer, texts)
+    if eot is not None:
+        ids = [np.append(a, eot) for a in ids]
+    return {"ids": ids}
+
+
+def local_files(data_files: Any) -> list[str]:
+    """Every local file that data_files names (strings, lists, or a split -> files mapping)."""
+    if data_files is None:
+        return []
+    if isinstance(data_files, str):
+        return sorted(glob.glob(os.path.expanduser(data_files)))
+    if isinstance(data_files, dict):
+        return [f for v in data_files.values() for f in local_files(v)]
+    return [f for v in data_files for f in local_files(v)]
+
+
+class HubDataset:
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        hub_config: str | None = None,
+        revision: str | None = None,
+        data_files: Any = None,
+        train_split: str = "train",
+        val_split: str | None = "validation",
+        val_fraction: float = 0.0005,
+        text_field: str = "text",
+        eot_between_docs: bool = True,
+        text_separator: str = "\n\n",
+        max_docs: int | None = None,
+        shard_docs: int = 50_000,
+        num_proc: int | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        if val_split is None and not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1 when data.val_split is null.")
+        self.name, self.path, self.hub_config, self.revision = name, path, hub_config, revision
+        # hydra passes nested config as DictConfig; datasets and the fingerprint want plain values
+        self.data_files = OmegaConf.to_container(data_files, resolve=True) if OmegaConf.is_config(data_files) else data_files
+        self.train_split, self.val_split, self.val_fraction = train_split, val_split, val_fraction
+        self.text_field, self.eot_between_docs, self.text_separator = text_field, eot_between_docs, text_separator
+        self.max_docs, self.shard_docs = max_docs, shard_docs
+        self.num_proc = num_proc or max(1, (os.cpu_count() or 2) - 1)
+        self.cache_dir = cache_dir
+
+    def fingerprint(self) -> str:
+        """The config plus each local file's size and mtime: no network, no full read. A hub data
+        set is identified by its id and revision (pin data.revision for a reproducible corpus)."""
+        files = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in local_files(self.data_files)]
+        blob = json.dumps([self.path, self.hub_config, self.revision, self.data_files, files, self.val_split, self.val_fraction, self.max_docs, self.text_field], default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _load(self) -> Any:
+        import datasets  # imported here: a plain text run never pays for it
+
+        try:
+            return datasets.load_dataset(
+                self.path, self.hub_config, data_files=self.data_files, revision=self.revision, cache_dir=self.cache_dir, num_proc=self.num_proc
+            )
+        except Exception as err:  # the hub client raises many kinds; all mean "could not load"
+            where = f"{self.path!r}" + (f" (config {self.hub_config!r})" if self.hub_config else "")
+            raise RuntimeError(
+                f"Could not load the data set {where} for data={self.name}: {type(err).__name__}: {err}. "
+                "If this machine is offline: prepare on a machine with network "
+                f"(python -m nanugpt.prepare data={self.name} tokenizer=...) and copy the prepared "
+                "directory under paths.data_dir; or set HF_HUB_OFFLINE=1 with the data set already in "
+                "the Hugging Face cache; or load local copies with data.path=parquet (or json, arrow) "
+                "data.data_files=/path/to/files."
+            ) from err
+
+    @cached_property
+    def splits(self) -> dict[str, Any]:
+        loaded = self._load()
+        if self.train_split not in loaded:
+            raise ValueError(f"data.train_split={self.train_split} is not a split of {self.path}; it has {', '.join(loaded)}.")
+        if self.val_split is not None:
+            if self.val_split not in loaded:
+                raise ValueError(
+                    f"data.val_split={self.val_split} is not a split of {self.path}; it has {', '.join(loaded)}. "
+                    "Pick one of those, or data.val_split=null to hold out data.val_fraction of train."
+                )
+            train, val = loaded[self.train_split], loaded[self.val_split]
+        else:
+            held_out = loaded[self.train_split].train_test_split(test_size=self.val_fraction, seed=SPLIT_SEED, shuffle=True)
+            train, val = held_out["train"], held_out["test"]
+        if self.text_field not in train.column_names:
+            raise ValueError(f"data.text_field={self.text_field} is not a column of {self.path}; it has {', '.join(train.column_names)}.")
+        if self.max_docs is not None:
+            train, val = (d.select(range(min(len(d), self.max_docs))) for d in (train, val))
+        return {"train": train, "val": val}
+
+    def _separator(self, tokenizer: Tokenizer | None) -> tuple[int | None, str]:
+        eot = eot_id(tokenizer) if tokenizer is not None and self.eot_between_docs else None
+        return eot, self.text_separator
+
+    def texts(self, split: str) -> Iterator[str]:
+        docs = self.splits[split]
+        for start in range(0, len(docs), 1000):
+            yield "".join(t + self.text_separator for t in docs[start : start + 1000][self.text_field])
+
+    def num_shards(self, split: str) -> int:
+        return max(1, math.ceil(len(self.splits[split]) / self.shard_docs))
+
+    def tokenize_shard(self, tokenizer: Tokenizer, split: str, index: int) -> np.ndarray:
+        docs = self.splits[split]
+        shard = docs.select(range(index * self.shard_docs, min(len(docs), (index + 1) * self.shard_docs)))
+        if len(shard) == 0:
+            return np.zeros(0, dtype=np.int64)
+        eot, separator = self._separator(tokenizer)
+        tokenized = shard.map(
+            encode_docs,
+            batched=True,
+            num_proc=min(self.num_proc, len(shard)) if self.num_proc > 1 else None,
+            remove_columns=shard.column_names,
+            fn_kwargs={"tokenizer": tokenizer, "text_field": self.text_field, "eot": eot, "separator": separator},
+            keep_in_memory=True,  # the shard file prepare writes is the only copy we keep
+            new_fingerprint=hashlib.sha256(f"{self.fingerprint()}-{split}-{index}".encode()).hexdigest()[:16],
+            desc=f"tokenizing {split} shard {index + 1}/{self.num_shards(split)}",
+        )
+        column = tokenized.data.column("ids")
+        return np.concatenate([np.zeros(0, np.int64)] + [chunk.flatten().to_numpy() for chunk in column.chunks]).astype(np.int64)

@@ -1,0 +1,101 @@
+"""A Hugging Face `tokenizers` tokenizer: a local tokenizer.json (`tokenizer.path=...`), or a
+byte-level BPE trained on the corpus by prepare (`tokenizer.train=true tokenizer.vocab_size=N`).
+
+A trained tokenizer is stored (as tokenizer.json text) in the prepared data's meta.json and so in
+every checkpoint, and prepare also writes it beside the tokens as tokenizer.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from tokenizers import Tokenizer as HFTokenizerImpl
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+EOT = "<|endoftext|>"
+CHUNK_CHARS = 1 << 16  # long texts encode in line-aligned pieces, in parallel
+
+
+def line_chunks(text: str, size: int = CHUNK_CHARS) -> list[str]:
+    pieces, start = [], 0
+    while start < len(text):
+        end = text.find("\n", start + size)
+        end = len(text) if end < 0 else end + 1
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+class HFTokenizer:
+    name = "hf"
+
+    def __init__(self, path: str | None = None, train: bool = False, vocab_size: int = 4096, min_frequency: int = 2) -> None:
+        if bool(path) == bool(train):
+            raise ValueError(
+                "tokenizer=hf needs exactly one of tokenizer.path=/path/to/tokenizer.json (a local "
+                "tokenizer) or tokenizer.train=true (train a BPE of tokenizer.vocab_size on the corpus)."
+            )
+        if train and vocab_size < 257:
+            raise ValueError(f"tokenizer.vocab_size={vocab_size} must be at least 257 (256 bytes + {EOT}).")
+        self.train, self.target_vocab_size, self.min_frequency = train, vocab_size, min_frequency
+        self.tok: HFTokenizerImpl | None = None
+        if path:
+            file = Path(path).expanduser()
+            if not file.is_file():
+                raise FileNotFoundError(f"tokenizer.path={path} does not exist; pass a tokenizer.json file.")
+            self.tok = HFTokenizerImpl.from_file(str(file))
+
+    @property
+    def needs_fit(self) -> bool:
+        return self.tok is None
+
+    def _impl(self) -> HFTokenizerImpl:
+        if self.tok is None:
+            raise RuntimeError(
+                "This hf tokenizer (tokenizer.train=true) is not trained yet: prepare trains it on "
+                "the corpus (python -m nanugpt.prepare tokenizer=hf tokenizer.train=true) and it "
+                "travels in meta.json and in checkpoints."
+            )
+        return self.tok
+
+    @property
+    def vocab_size(self) -> int:
+        return self._impl().get_vocab_size(with_added_tokens=True)
+
+    @property
+    def eot_id(self) -> int | None:
+        return self._impl().token_to_id(EOT)
+
+    def fit(self, texts: dict[str, Iterable[str]]) -> None:
+        tok = HFTokenizerImpl(models.BPE())
+        # byte-level: every string encodes, no unknown token, and decoding restores it exactly
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=self.target_vocab_size,
+            min_frequency=self.min_frequency,
+            special_tokens=[EOT],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=True,
+        )
+        pieces = (chunk for text in texts["train"] for chunk in line_chunks(text))  # train only: no val leak
+        tok.train_from_iterator(pieces, trainer)
+        self.tok = tok
+
+    def state(self) -> dict[str, Any]:
+        return {"tokenizer_json": self._impl().to_str()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.tok = HFTokenizerImpl.from_str(state["tokenizer_json"])
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.concatenate([np.zeros(0, np.int64), *self.encode_batch(line_chunks(text))])
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        encodings = self._impl().encode_batch(texts, add_special_tokens=False)
+        return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+
+    def decode(self, ids: list[int] | np.ndarray) -> str:
+        return self._impl().decode([int(i) for i in ids], skip_special_tokens=False)
