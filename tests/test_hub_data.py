@@ -1,0 +1,134 @@
+"""Hub data sets (tinystories, wikitext103, openwebtext, fineweb_edu_10b) on small local data sets
+in the same formats (parquet, json, arrow) through `datasets.load_dataset`; never the network."""
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+
+from nanugpt.data.hub import HubDataset
+from nanugpt.data.prepared import load_prepared, prepare
+from nanugpt.tokenizers.byte import ByteTokenizer
+from nanugpt.tokenizers.char import CharTokenizer
+from nanugpt.train import train
+
+from .conftest import REPO, TINY, compose_train, run_cli
+
+STORIES = [f"Once upon a time, story {i}: a {['cat', 'dog', 'fox'][i % 3]} named Ümit found {i * 7} apples." for i in range(120)]
+
+
+@pytest.fixture
+def parquet_stories(tmp_path):
+    """TinyStories' layout: train and validation splits with a `text` column, as parquet."""
+    datasets.Dataset.from_dict({"text": STORIES[:100]}).to_parquet(tmp_path / "train.parquet")
+    datasets.Dataset.from_dict({"text": STORIES[100:]}).to_parquet(tmp_path / "validation.parquet")
+    return {"train": str(tmp_path / "train.parquet"), "validation": str(tmp_path / "validation.parquet")}
+
+
+def local(option: str, data_files: dict, builder: str, *extra: str) -> list[str]:
+    files = ",".join(f"{k}:'{v}'" for k, v in data_files.items())
+    return [f"data={option}", f"data.path={builder}", f"data.data_files={{{files}}}", *extra]
+
+
+def test_tinystories_format_prepares_in_parallel_shards(tmp_path, parquet_stories):
+    cfg = compose_train(local("tinystories", parquet_stories, "parquet", "data.num_proc=2", "data.shard_docs=30"))
+    source = instantiate(cfg.data)
+    assert source.num_shards("train") == 4 and source.num_shards("val") == 1
+    data = prepare(source, ByteTokenizer(), tmp_path / "d", {"c": 1}, {})
+    tok = ByteTokenizer()
+    # byte has no end-of-text token: documents are joined by the text separator, in order
+    assert tok.decode(data.train) == "".join(s + "\n\n" for s in STORIES[:100])
+    assert tok.decode(data.val) == "".join(s + "\n\n" for s in STORIES[100:])
+    assert not (data.path / "partial").exists()
+
+
+def test_openwebtext_format_holds_out_val_from_train_with_eot(tmp_path, tiktoken_rank_file):
+    from nanugpt.tokenizers.tiktoken_bpe import TiktokenTokenizer
+
+    (tmp_path / "owt.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in STORIES))
+    cfg = compose_train(local("openwebtext", {"train": str(tmp_path / "owt.jsonl")}, "json", "data.val_fraction=0.1", "data.num_proc=1"))
+    tok = TiktokenTokenizer("gpt2", tiktoken_rank_file("gpt2"))
+    data = prepare(instantiate(cfg.data), tok, tmp_path / "d", {"c": 1}, {})
+    docs = {split: tok.decode(getattr(data, split)).split("<|endoftext|>") for split in ("train", "val")}
+    assert docs["train"][-1] == docs["val"][-1] == ""  # every document ends with the eot token
+    assert len(docs["val"]) - 1 == 12 and sorted(docs["train"][:-1] + docs["val"][:-1]) == sorted(STORIES)
+    again = prepare(instantiate(cfg.data), tok, tmp_path / "d2", {"c": 1}, {})
+    assert np.array_equal(again.val, data.val)  # the held-out split is seeded
+
+
+def test_wikitext_format_joins_lines_without_separators(tmp_path):
+    lines = [" = Valkyria Chronicles III = \n", "", " Senjō no Valkyria 3 is a tactical role-playing game .\n"] * 20
+    for split in ("train", "validation"):
+        datasets.Dataset.from_dict({"text": lines}).save_to_disk(tmp_path / split)
+    files = {s: str(next((tmp_path / s).glob("*.arrow"))) for s in ("train", "validation")}
+    cfg = compose_train(local("wikitext103", files, "arrow"))
+    data = prepare(instantiate(cfg.data), ByteTokenizer(), tmp_path / "d", {"c": 1}, {})
+    assert ByteTokenizer().decode(data.train) == "".join(lines)
+
+
+class CrashingSource(HubDataset):
+    """A prepare killed part-way: raises on one shard, as a crash would (test double)."""
+
+    def __init__(self, *args, crash_at: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.crash_at, self.calls = crash_at, []
+
+    def tokenize_shard(self, tokenizer, split, index):
+        self.calls.append((split, index))
+        if (split, index) == ("train", self.crash_at):
+            raise KeyboardInterrupt("killed")
+        return super().tokenize_shard(tokenizer, split, index)
+
+
+def test_interrupted_prepare_continues_from_finished_shards(tmp_path, parquet_stories):
+    make = lambda crash_at=None: CrashingSource("tinystories", "parquet", data_files=parquet_stories, shard_docs=20, num_proc=1, crash_at=crash_at)
+    tok_cfg = {"chars": None}
+    with pytest.raises(KeyboardInterrupt):
+        prepare(make(crash_at=3), CharTokenizer(), tmp_path / "d", {"c": 1}, tok_cfg)
+    path = next(p for p in (tmp_path / "d").iterdir() if p.is_dir())
+    assert not (path / "meta.json").exists()  # never looks complete
+    assert sorted(p.name for p in (path / "partial").glob("*.bin")) == ["train-00000.bin", "train-00001.bin", "train-00002.bin"]
+    with pytest.raises(FileNotFoundError):
+        load_prepared(path)
+    resumed_source = make()
+    resumed = prepare(resumed_source, CharTokenizer(), tmp_path / "d", {"c": 1}, tok_cfg)
+    assert resumed_source.calls == [("train", 3), ("train", 4), ("val", 0)]  # only the unfinished shards
+    fresh = prepare(make(), CharTokenizer(), tmp_path / "fresh", {"c": 1}, tok_cfg)
+    assert np.array_equal(resumed.train, fresh.train) and np.array_equal(resumed.val, fresh.val)
+    assert resumed.meta["tokenizer_state"] == fresh.meta["tokenizer_state"]
+
+
+def test_interrupted_prepare_of_a_changed_source_restarts_cleanly(tmp_path, parquet_stories):
+    make = lambda files, crash_at=None: CrashingSource("tinystories", "parquet", data_files=files, shard_docs=20, num_proc=1, crash_at=crash_at)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(make(parquet_stories, crash_at=2), ByteTokenizer(), tmp_path / "d", {"c": 1}, {})
+    datasets.Dataset.from_dict({"text": [s.upper() for s in STORIES[:100]]}).to_parquet(parquet_stories["train"])
+    source = make(parquet_stories)
+    data = prepare(source, ByteTokenizer(), tmp_path / "d", {"c": 1}, {})
+    assert [c for c in source.calls if c[0] == "train"] == [("train", i) for i in range(5)]
+    assert ByteTokenizer().decode(data.train) == "".join(s.upper() + "\n\n" for s in STORIES[:100])
+
+
+def test_hub_source_errors_name_the_bad_value(tmp_path, parquet_stories):
+    with pytest.raises(ValueError, match="data.val_split=test is not a split"):
+        HubDataset("x", "parquet", data_files=parquet_stories, val_split="test").splits
+    with pytest.raises(ValueError, match="data.text_field=story is not a column"):
+        HubDataset("x", "parquet", data_files=parquet_stories, text_field="story").splits
+
+
+def test_offline_hub_data_set_is_a_clear_error(tmp_path):
+    proc = run_cli(
+        "nanugpt.prepare", "data=tinystories", cwd=REPO, check=False,
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "NANUGPT_DATA": str(tmp_path / "d")},
+    )  # fmt: skip
+    assert proc.returncode != 0
+    err = proc.stderr
+    assert "Could not load the data set 'roneneldan/TinyStories' for data=tinystories" in err
+    assert "HF_HUB_OFFLINE=1" in err and "data.data_files=" in err
+
+
+def test_training_on_a_hub_format_data_set(tmp_path, parquet_stories):
+    cfg = compose_train([o for o in TINY if not o.startswith("data.")] + local("tinystories", parquet_stories, "parquet") + ["model.context_length=16", "training.max_steps=4", "eval.every=4", "eval.iters=1"])
+    assert train(cfg, tmp_path / "run") < 6.0
