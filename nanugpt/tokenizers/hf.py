@@ -2,7 +2,7 @@
 byte-level BPE trained on the corpus by prepare (`tokenizer.train=true tokenizer.vocab_size=N`).
 
 A trained tokenizer is stored (as tokenizer.json text) in the prepared data's meta.json and so in
-every checkpoint, and prepare also writes it beside the tokens as tokenizer.json.
+every checkpoint.
 """
 
 from __future__ import annotations
