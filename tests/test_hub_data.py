@@ -132,3 +132,22 @@ def test_offline_hub_data_set_is_a_clear_error(tmp_path):
 def test_training_on_a_hub_format_data_set(tmp_path, parquet_stories):
     cfg = compose_train([o for o in TINY if not o.startswith("data.")] + local("tinystories", parquet_stories, "parquet") + ["model.context_length=16", "training.max_steps=4", "eval.every=4", "eval.iters=1"])
     assert train(cfg, tmp_path / "run") < 6.0
+
+
+@pytest.mark.parametrize("option", ["tinystories", "wikitext103", "openwebtext", "fineweb_edu_10b"])
+def test_every_hub_config_prepares_local_files_of_its_layout(option, tmp_path):
+    cfg = compose_train([f"data={option}"])
+    splits = ["train"] + ([cfg.data.val_split] if cfg.data.val_split else [])  # train-only sets hold out val
+    files = {}
+    for split in splits:
+        datasets.Dataset.from_dict({cfg.data.text_field: STORIES}).to_parquet(tmp_path / f"{split}.parquet")
+        files[split] = str(tmp_path / f"{split}.parquet")
+    cfg = compose_train(local(option, files, "parquet", "data.val_fraction=0.05", "data.num_proc=1"))
+    source = instantiate(cfg.data)
+    data = prepare(source, CharTokenizer(), tmp_path / "d", {"c": option}, {"chars": None})
+    text = CharTokenizer(data.meta["tokenizer_state"]["chars"]).decode(data.train)
+    if cfg.data.val_split:
+        assert text == "".join(s + cfg.data.text_separator for s in STORIES)
+    else:  # data.val_fraction of the documents held out of train
+        assert text.count("Once upon") == len(STORIES) - 6
+    assert data.meta["source"] == option and data.meta["num_tokens"]["val"] > 0
