@@ -53,6 +53,7 @@ class TrainConfig:
     optim: Any = MISSING
     sched: Any = MISSING
     loss: Any = MISSING
+    scaler: Any = MISSING
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

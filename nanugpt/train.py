@@ -29,6 +29,7 @@ from nanugpt.data.loader import RandomWindowBatches, fixed_eval_batches
 from nanugpt.data.prepared import PreparedData, prepare
 from nanugpt.metrics import MetricsFile, console_line, format_duration
 from nanugpt.models.with_loss import ModelWithLoss
+from nanugpt.optim import state_bytes
 from nanugpt.utils import CONF_DIR, seed_everything
 
 log = logging.getLogger("nanugpt.train")
@@ -139,7 +140,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
     net = ModelWithLoss(model, instantiate(cfg.loss)).to(info.device)
     optimizer = instantiate(cfg.optim)(model)
     scheduler = instantiate(cfg.sched)(optimizer)
-    scaler = torch.amp.GradScaler(info.device.type, enabled=amp_dtype == torch.float16)
+    scaler = instantiate(cfg.scaler)(info.device.type, float16=amp_dtype == torch.float16)
     n_params = model.num_params()
     log.info(
         "model %s: %s parameters | vocab %d | context %d | global batch %d = %d device x %d ranks x %d accum | %s tokens/step",
@@ -184,13 +185,14 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
                 _, loss, correct, count = net(x, y)
             scaler.scale(loss / accum).backward()
             totals += torch.stack([loss.detach().double(), correct.double(), count.double()])
-        scaler.unscale_(optimizer)
-        pre_clip_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf)
+        pre_clip_norm = scaler.unscale_and_clip_(optimizer, model.parameters(), tcfg.grad_clip)  # scaler= group
         lr = optimizer.param_groups[0]["lr"]
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
+        if step == start_step + 1:  # optimizers create their state on the first step
+            log.info("optimizer state: %.1f MB", state_bytes(optimizer) / 2**20)
 
         dist.all_reduce_sum(totals, info)
         train_loss = totals[0].item() / (accum * info.world_size)

@@ -1,0 +1,119 @@
+"""The speedrun-style GPT (after Keller Jordan's modded-nanogpt): the GPT-2 shape with the
+changes that made it train fastest per token.
+
+- rotary position embeddings instead of learned positions;
+- QK-norm: queries and keys RMS-normalised per head before attention;
+- ReLU² MLP (relu(x)**2, 4x width);
+- parameter-free RMSNorm before each sublayer, after the embedding and at the end;
+- output projections of every block and the head zero-initialised, so each block starts as the
+  identity and the first logits are uniform;
+- logit soft-cap: logits = cap * tanh(logits / cap);
+- no biases; untied head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nanugpt.models.rope import Rotary
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+class Attention(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, rotary: Rotary) -> None:
+        super().__init__()
+        if n_embd % n_head != 0:
+            raise ValueError(f"model.n_embd={n_embd} must be divisible by model.n_head={n_head}.")
+        self.n_head, self.head_dim = n_head, n_embd // n_head
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=False)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=False)
+        self.rotary = rotary
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
+        q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))  # QK-norm, then rotate
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, n_embd: int) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, rotary: Rotary) -> None:
+        super().__init__()
+        self.attn = Attention(n_embd, n_head, rotary)
+        self.mlp = MLP(n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(rms_norm(x))
+        return x + self.mlp(rms_norm(x))
+
+
+class GPTModern(nn.Module):
+    def __init__(
+        self,
+        vocab_size: int,
+        context_length: int = 256,
+        n_layer: int = 4,
+        n_head: int = 4,
+        n_embd: int = 128,
+        rope_theta: float = 10000.0,
+        logit_softcap: float = 30.0,
+    ) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.context_length = context_length
+        self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd
+        self.logit_softcap = logit_softcap
+        self.rotary = Rotary(n_embd // n_head, context_length, rope_theta)
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        self.blocks = nn.ModuleList([Block(n_embd, n_head, self.rotary) for _ in range(n_layer)])
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight") or name == "lm_head.weight":
+                nn.init.zeros_(p)  # blocks start as the identity, logits start uniform
+            elif name.endswith("c_fc.weight") or name.endswith("c_attn.weight"):
+                nn.init.normal_(p, mean=0.0, std=n_embd**-0.5)
+            elif name == "wte.weight":
+                nn.init.normal_(p, mean=0.0, std=1.0)  # rms-normed right after the lookup
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters; `non_embedding` drops the token embedding but keeps the (untied) head."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.wte.weight.numel() if non_embedding else n
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token: 6N for the matmuls plus the attention term (PaLM, app. B)."""
+        return 6 * self.num_params(non_embedding=True) + 12 * self.n_layer * self.n_embd * self.context_length
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) -> final hidden states (B, T, n_embd); the head lives in `logits`."""
+        if idx.size(1) > self.context_length:
+            raise ValueError(
+                f"Sequence length {idx.size(1)} exceeds the model's context_length={self.context_length}; "
+                "pass shorter inputs or raise model.context_length."
+            )
+        x = rms_norm(self.wte(idx))
+        for block in self.blocks:
+            x = block(x)
+        return rms_norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(hidden).float()  # the cap's tanh in float32
+        if self.logit_softcap > 0:
+            logits = self.logit_softcap * torch.tanh(logits / self.logit_softcap)
+        return logits

@@ -1,0 +1,31 @@
+"""torch.amp.GradScaler for float16 training, unscaling before the global-norm clip.
+
+float16 gradients underflow, so the loss is multiplied by a large scale before backward; the
+gradients must be divided by it again (`unscale_`) before their norm is clipped, or the clip
+would act on scaled values. Steps with inf/NaN gradients are skipped and the scale lowered.
+With bfloat16 or float32 it is a pass-through (`enabled` follows `training.dtype`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+
+
+class AmpScaler(torch.amp.GradScaler):
+    def __init__(self, device_type: str, float16: bool, enabled: bool | None = None, init_scale: float = 2.0**16, growth_interval: int = 2000) -> None:
+        if enabled is False and float16:
+            raise ValueError(
+                "training.dtype=float16 needs loss scaling, or small gradients underflow to zero; "
+                "use scaler=amp (or scaler=per_tensor_norm), or training.dtype=bfloat16."
+            )
+        # enabled=None: scale exactly when training in float16
+        super().__init__(device_type, init_scale=init_scale, growth_interval=growth_interval, enabled=float16 if enabled is None else enabled)
+
+    def unscale_and_clip_(self, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+        """Unscale the gradients in place, clip their global norm to `max_norm` (0: no clip);
+        returns the norm before clipping."""
+        self.unscale_(optimizer)
+        return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf)
