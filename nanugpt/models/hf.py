@@ -62,6 +62,7 @@ def hf_gpt2(vocab_size: int, context_length: int = 1024, n_layer: int = 12, n_he
     config = t.GPT2Config(
         vocab_size=vocab_size, n_positions=context_length, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
         resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, attn_implementation="sdpa",
+        bos_token_id=None, eos_token_id=None,  # GPT-2's 50256 may lie outside a smaller vocab
     )  # fmt: skip
     return HFCausalLM(t.GPT2LMHeadModel(config), context_length, vocab_size, n_layer, n_embd)
 

@@ -1,0 +1,152 @@
+"""adamw_nanogpt, muon (+ AdamW), sgd: parameter grouping, checkpoint round-trips, state size."""
+
+import io
+
+import pytest
+import torch
+
+from nanugpt.models.gpt import GPT
+from nanugpt.models.gpt_modern import GPTModern
+from nanugpt.models.llama import Llama
+from nanugpt.optim import state_bytes
+from nanugpt.optim.adamw import adamw
+from nanugpt.optim.adamw_nanogpt import adamw_nanogpt
+from nanugpt.optim.muon import MuonWithAdamW, muon, muon_param_groups
+from nanugpt.optim.sgd import sgd
+from nanugpt.sched.cosine import cosine
+
+V = 40
+
+
+def llama() -> Llama:
+    torch.manual_seed(0)
+    return Llama(vocab_size=V, context_length=8, n_layer=2, n_head=2, n_kv_head=1, n_embd=16, intermediate_size=32)
+
+
+def train_steps(model, optimizer, steps: int, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, V, (2, 8), generator=gen)
+        loss = torch.nn.functional.cross_entropy(model.logits(model(idx)).reshape(-1, V), idx.roll(-1, 1).reshape(-1))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def names(model, params) -> set[str]:
+    ids = {id(p) for p in params}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+def test_muon_groups_hidden_matrices_apart_from_embeddings_head_and_norms():
+    model = llama()
+    groups = muon_param_groups(model)
+    assert names(model, groups["embed"]) == {"tok_embeddings.weight"}
+    assert names(model, groups["head"]) == {"lm_head.weight"}
+    assert names(model, groups["scalar"]) == {"norm.weight"} | {f"layers.{i}.{n}_norm.weight" for i in range(2) for n in ("attn", "mlp")}
+    assert names(model, groups["hidden"]) == {f"layers.{i}.{m}.weight" for i in range(2) for m in ("attn.wq", "attn.wk", "attn.wv", "attn.wo", "mlp.w1", "mlp.w2", "mlp.w3")}
+    assert sum(len(g) for g in groups.values()) == len(list(model.parameters()))
+
+
+def test_muon_treats_a_tied_head_as_the_embedding_once():
+    model = GPT(vocab_size=V, context_length=8, n_layer=1, n_head=2, n_embd=16)
+    groups = muon_param_groups(model)
+    assert names(model, groups["embed"]) == {"transformer.wpe.weight", "transformer.wte.weight"}  # wte is lm_head
+    assert groups["head"] == [] and all(p.dim() == 2 for p in groups["hidden"])
+    assert names(model, groups["scalar"]) >= {"transformer.h.0.attn.c_attn.bias", "transformer.ln_f.weight"}
+
+
+def test_muon_optimizer_has_one_group_per_kind_with_its_own_lr_and_trains():
+    model = llama()
+    opt = muon(model, lr=0.02, embed_lr=0.3, head_lr=0.004, scalar_lr=0.05, adamw_weight_decay=0.1)
+    assert [(g["name"], g["lr"]) for g in opt.param_groups] == [("hidden", 0.02), ("embed", 0.3), ("head", 0.004), ("scalar", 0.05)]
+    assert [g["weight_decay"] for g in opt.param_groups[1:]] == [0.1, 0.1, 0.0]  # norms never decay
+    assert isinstance(opt.muon, torch.optim.Muon) and isinstance(opt.adamw, torch.optim.AdamW)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_steps(model, opt, 2)
+    assert all(not torch.equal(before[n], p) for n, p in model.named_parameters())  # every group moved
+
+
+def test_a_scheduler_on_the_muon_wrapper_scales_every_inner_group():
+    model = llama()
+    opt = muon(model, lr=0.02, embed_lr=0.01, head_lr=0.01, scalar_lr=0.01)
+    sched = cosine(opt, max_steps=10, warmup_steps=4, min_lr_ratio=0.1)
+    train_steps(model, opt, 1)
+    sched.step()
+    assert opt.muon.param_groups[0]["lr"] == pytest.approx(0.02 * 2 / 4)
+    assert [g["lr"] for g in opt.adamw.param_groups] == pytest.approx([0.01 * 2 / 4] * 3)
+
+
+def save_load(obj):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)  # as checkpoints are loaded
+
+
+def test_muon_state_dict_round_trips_through_a_checkpoint_and_resumes_identically():
+    model_a = llama()
+    opt_a = muon(model_a)
+    sched_a = cosine(opt_a, max_steps=20, warmup_steps=2)
+    train_steps(model_a, opt_a, 3)
+    sched_a.step()
+    ckpt = save_load({"model": model_a.state_dict(), "optimizer": opt_a.state_dict(), "scheduler": sched_a.state_dict()})
+    assert set(ckpt["optimizer"]) == {"muon", "adamw"}
+    assert ckpt["optimizer"]["muon"]["state"]  # momentum buffers were saved
+
+    model_b = llama()
+    opt_b = muon(model_b)
+    sched_b = cosine(opt_b, max_steps=20, warmup_steps=2)
+    model_b.load_state_dict(ckpt["model"])
+    opt_b.load_state_dict(ckpt["optimizer"])
+    sched_b.load_state_dict(ckpt["scheduler"])
+    for opt, sched, model in ((opt_a, sched_a, model_a), (opt_b, sched_b, model_b)):
+        for _ in range(2):
+            train_steps(model, opt, 1, seed=7)
+            sched.step()
+    for (n, a), b in zip(model_a.named_parameters(), model_b.parameters()):
+        assert torch.equal(a, b), n
+    assert [g["lr"] for g in opt_a.param_groups] == [g["lr"] for g in opt_b.param_groups]
+    assert opt_b.param_groups[0] is opt_b.muon.param_groups[0]  # still linked after loading
+
+
+def test_loading_another_optimizers_state_into_muon_names_the_fix():
+    model = llama()
+    with pytest.raises(ValueError, match="resume=never"):
+        muon(model).load_state_dict(adamw(model).state_dict())
+
+
+def test_adamw_nanogpt_decays_matrices_only_and_picks_the_multi_tensor_path_on_cpu():
+    model = llama()
+    opt = adamw_nanogpt(model, weight_decay=0.1)
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decayed["params"])
+    assert plain["weight_decay"] == 0.0 and all(p.dim() == 1 for p in plain["params"])
+    assert opt.defaults["foreach"] is True and not opt.defaults["fused"]
+
+
+def test_sgd_momentum_trains_and_decays_matrices_only():
+    model = llama()
+    opt = sgd(model, lr=0.1, momentum=0.9, weight_decay=0.01)
+    assert opt.defaults["nesterov"] and [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
+    before = model.lm_head.weight.detach().clone()
+    train_steps(model, opt, 2)
+    assert not torch.equal(before, model.lm_head.weight)
+
+
+def test_optimizer_state_size_counts_moments_and_momentum_buffers():
+    model = GPTModern(vocab_size=V, context_length=8, n_layer=2, n_head=2, n_embd=16)
+    n_params = sum(p.numel() for p in model.parameters())
+    hidden = sum(p.numel() for p in muon_param_groups(model)["hidden"])
+    for make, expected in [
+        (lambda m: adamw(m), 2 * n_params * 4),  # exp_avg + exp_avg_sq, float32
+        (lambda m: sgd(m), n_params * 4),  # momentum buffer
+        (lambda m: muon(m), hidden * 4 + 2 * (n_params - hidden) * 4),  # Muon: momentum; AdamW: 2 moments
+    ]:
+        opt = make(model)
+        assert state_bytes(opt) == 0  # created lazily on the first step
+        train_steps(model, opt, 1)
+        step_counters = 8 * len([1 for p in model.parameters()])  # AdamW's per-parameter `step` scalars (float32)
+        got = state_bytes(opt)
+        assert expected <= got <= expected + step_counters, (type(opt).__name__, got, expected)
+    assert isinstance(muon(model), MuonWithAdamW)
