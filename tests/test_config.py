@@ -8,7 +8,7 @@ from nanugpt.utils import CONF_DIR
 
 from .conftest import compose_train
 
-GROUPS = ["model", "data", "tokenizer", "optim", "sched", "loss"]
+GROUPS = ["model", "data", "tokenizer", "optim", "sched", "loss", "scaler"]
 
 
 def options(group: str) -> list[str]:
