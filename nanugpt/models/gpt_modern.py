@@ -13,10 +13,13 @@ changes that made it train fastest per token.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanugpt.models.attention import causal_attention
 from nanugpt.models.rope import Rotary
 
 
@@ -25,8 +28,9 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, rotary: Rotary) -> None:
+    def __init__(self, n_embd: int, n_head: int, rotary: Rotary, layer_idx: int = 0) -> None:
         super().__init__()
+        self.layer_idx = layer_idx  # which slot of a KVCache is ours
         if n_embd % n_head != 0:
             raise ValueError(f"model.n_embd={n_embd} must be divisible by model.n_head={n_head}.")
         self.n_head, self.head_dim = n_head, n_embd // n_head
@@ -34,11 +38,11 @@ class Attention(nn.Module):
         self.c_proj = nn.Linear(n_embd, n_embd, bias=False)
         self.rotary = rotary
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: Any = None, start_pos: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
-        q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))  # QK-norm, then rotate
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        q, k = self.rotary(rms_norm(q), start_pos), self.rotary(rms_norm(k), start_pos)  # QK-norm, then rotate
+        y = causal_attention(q, k, v, kv_cache, self.layer_idx, start_pos)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
@@ -53,13 +57,13 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, rotary: Rotary) -> None:
+    def __init__(self, n_embd: int, n_head: int, rotary: Rotary, layer_idx: int = 0) -> None:
         super().__init__()
-        self.attn = Attention(n_embd, n_head, rotary)
+        self.attn = Attention(n_embd, n_head, rotary, layer_idx)
         self.mlp = MLP(n_embd)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(rms_norm(x))
+    def forward(self, x: torch.Tensor, kv_cache: Any = None, start_pos: int = 0) -> torch.Tensor:
+        x = x + self.attn(rms_norm(x), kv_cache, start_pos)
         return x + self.mlp(rms_norm(x))
 
 
@@ -81,7 +85,7 @@ class GPTModern(nn.Module):
         self.logit_softcap = logit_softcap
         self.rotary = Rotary(n_embd // n_head, context_length, rope_theta)
         self.wte = nn.Embedding(vocab_size, n_embd)
-        self.blocks = nn.ModuleList([Block(n_embd, n_head, self.rotary) for _ in range(n_layer)])
+        self.blocks = nn.ModuleList([Block(n_embd, n_head, self.rotary, i) for i in range(n_layer)])
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight") or name == "lm_head.weight":
@@ -100,16 +104,23 @@ class GPTModern(nn.Module):
         """Training FLOPs per token: 6N for the matmuls plus the attention term (PaLM, app. B)."""
         return 6 * self.num_params(non_embedding=True) + 12 * self.n_layer * self.n_embd * self.context_length
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T) -> final hidden states (B, T, n_embd); the head lives in `logits`."""
-        if idx.size(1) > self.context_length:
+    def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> Any:
+        from nanugpt.models.gpt import KVCache
+
+        weight = self.lm_head.weight
+        return KVCache(self.n_layer, batch_size, self.n_head, self.context_length, self.n_embd // self.n_head, weight.device, dtype or weight.dtype)
+
+    def forward(self, idx: torch.Tensor, kv_cache: Any = None, start_pos: int = 0) -> torch.Tensor:
+        """Token ids (B, T) at positions start_pos.. -> final hidden states (B, T, n_embd); the
+        head lives in `logits`. With `kv_cache`, keys/values are stored and reused."""
+        if start_pos + idx.size(1) > self.context_length:
             raise ValueError(
-                f"Sequence length {idx.size(1)} exceeds the model's context_length={self.context_length}; "
+                f"Positions up to {start_pos + idx.size(1)} exceed the model's context_length={self.context_length}; "
                 "pass shorter inputs or raise model.context_length."
             )
         x = rms_norm(self.wte(idx))
         for block in self.blocks:
-            x = block(x)
+            x = block(x, kv_cache, start_pos)
         return rms_norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

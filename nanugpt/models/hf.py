@@ -7,6 +7,7 @@ the interface nanugpt's loop expects: `forward(idx) -> hidden (B, T, C)`, `logit
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -24,12 +25,21 @@ def _transformers() -> Any:
     return transformers
 
 
+class HFKVCache:
+    """Holds transformers' DynamicCache for `generate`'s decode loop; a prefill replaces it."""
+
+    def __init__(self) -> None:
+        self.cache: Any = None
+
+
 class HFCausalLM(nn.Module):
     def __init__(self, hf_model: nn.Module, context_length: int, vocab_size: int, n_layer: int, n_embd: int) -> None:
         super().__init__()
         self.hf = hf_model
         self.context_length, self.vocab_size = context_length, vocab_size
         self.n_layer, self.n_embd = n_layer, n_embd
+        # transformers 5.x renamed `past_key_values` to `cache`
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(hf_model.base_model.forward).parameters else "past_key_values"
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters (tied weights counted once); `non_embedding` drops token and position embeddings."""
@@ -44,13 +54,27 @@ class HFCausalLM(nn.Module):
         n = self.num_params(non_embedding=True) + (head if tied else 0)
         return 6 * n + 12 * self.n_layer * self.n_embd * self.context_length
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        if idx.size(1) > self.context_length:
+    def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> "HFKVCache":
+        return HFKVCache()
+
+    def forward(self, idx: torch.Tensor, kv_cache: Any = None, start_pos: int = 0) -> torch.Tensor:
+        """Token ids (B, T) at positions start_pos.. -> final hidden states (B, T, n_embd)."""
+        T = idx.size(1)
+        if start_pos + T > self.context_length:
             raise ValueError(
-                f"Sequence length {idx.size(1)} exceeds the model's context_length={self.context_length}; "
+                f"Positions up to {start_pos + T} exceed the model's context_length={self.context_length}; "
                 "pass shorter inputs or raise model.context_length."
             )
-        return self.hf.base_model(input_ids=idx, use_cache=False).last_hidden_state
+        cache = None
+        if kv_cache is not None:
+            if start_pos == 0 or kv_cache.cache is None:  # a prefill (re)starts the cache
+                kv_cache.cache = _transformers().DynamicCache(config=self.hf.config)
+            elif kv_cache.cache.get_seq_length() != start_pos:
+                raise ValueError(f"The cache holds {kv_cache.cache.get_seq_length()} positions, not start_pos={start_pos}.")
+            cache = {self._cache_kwarg: kv_cache.cache}
+        positions = torch.arange(start_pos, start_pos + T, device=idx.device).unsqueeze(0)
+        out = self.hf.base_model(input_ids=idx, position_ids=positions, use_cache=kv_cache is not None, **(cache or {}))
+        return out.last_hidden_state
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.hf.get_output_embeddings()(hidden)

@@ -9,11 +9,13 @@ untied from the embedding unless `tie_embeddings=true`.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanugpt.models.attention import causal_attention
 from nanugpt.models.rope import Rotary
 
 
@@ -24,8 +26,9 @@ def llama_mlp_hidden(n_embd: int, multiple_of: int = 256) -> int:
 
 
 class Attention(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, n_kv_head: int, rotary: Rotary) -> None:
+    def __init__(self, n_embd: int, n_head: int, n_kv_head: int, rotary: Rotary, layer_idx: int = 0) -> None:
         super().__init__()
+        self.layer_idx = layer_idx  # which slot of a KVCache is ours
         if n_embd % n_head != 0:
             raise ValueError(f"model.n_embd={n_embd} must be divisible by model.n_head={n_head}.")
         if n_head % n_kv_head != 0:
@@ -40,16 +43,13 @@ class Attention(nn.Module):
         self.wo = nn.Linear(n_head * self.head_dim, n_embd, bias=False)
         self.rotary = rotary
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: Any = None, start_pos: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        q, k = self.rotary(q), self.rotary(k)
-        if self.n_kv_head != self.n_head:  # each kv head serves n_head / n_kv_head query heads
-            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        q, k = self.rotary(q, start_pos), self.rotary(k, start_pos)
+        y = causal_attention(q, k, v, kv_cache, self.layer_idx, start_pos)  # repeats kv heads for GQA
         return self.wo(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
@@ -65,15 +65,15 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, n_kv_head: int, hidden: int, norm_eps: float, rotary: Rotary) -> None:
+    def __init__(self, n_embd: int, n_head: int, n_kv_head: int, hidden: int, norm_eps: float, rotary: Rotary, layer_idx: int = 0) -> None:
         super().__init__()
         self.attn_norm = nn.RMSNorm(n_embd, eps=norm_eps)
-        self.attn = Attention(n_embd, n_head, n_kv_head, rotary)
+        self.attn = Attention(n_embd, n_head, n_kv_head, rotary, layer_idx)
         self.mlp_norm = nn.RMSNorm(n_embd, eps=norm_eps)
         self.mlp = SwiGLU(n_embd, hidden)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x))
+    def forward(self, x: torch.Tensor, kv_cache: Any = None, start_pos: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), kv_cache, start_pos)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -101,7 +101,7 @@ class Llama(nn.Module):
         self.rotary = Rotary(n_embd // n_head, context_length, rope_theta)
         self.tok_embeddings = nn.Embedding(vocab_size, n_embd)
         self.layers = nn.ModuleList(
-            [Block(n_embd, n_head, self.n_kv_head, hidden, norm_eps, self.rotary) for _ in range(n_layer)]
+            [Block(n_embd, n_head, self.n_kv_head, hidden, norm_eps, self.rotary, i) for i in range(n_layer)]
         )
         self.norm = nn.RMSNorm(n_embd, eps=norm_eps)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
@@ -131,16 +131,23 @@ class Llama(nn.Module):
             n += self.lm_head.weight.numel()  # the tied head still does its matmul
         return 6 * n + 12 * self.n_layer * self.n_embd * self.context_length
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T) -> final hidden states (B, T, n_embd); the head lives in `logits`."""
-        if idx.size(1) > self.context_length:
+    def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> Any:
+        from nanugpt.models.gpt import KVCache
+
+        weight = self.lm_head.weight  # only n_kv_head heads are cached: GQA's memory saving
+        return KVCache(self.n_layer, batch_size, self.n_kv_head, self.context_length, self.n_embd // self.n_head, weight.device, dtype or weight.dtype)
+
+    def forward(self, idx: torch.Tensor, kv_cache: Any = None, start_pos: int = 0) -> torch.Tensor:
+        """Token ids (B, T) at positions start_pos.. -> final hidden states (B, T, n_embd); the
+        head lives in `logits`. With `kv_cache`, keys/values are stored and reused."""
+        if start_pos + idx.size(1) > self.context_length:
             raise ValueError(
-                f"Sequence length {idx.size(1)} exceeds the model's context_length={self.context_length}; "
+                f"Positions up to {start_pos + idx.size(1)} exceed the model's context_length={self.context_length}; "
                 "pass shorter inputs or raise model.context_length."
             )
         x = self.tok_embeddings(idx)
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, kv_cache, start_pos)
         return self.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,31 @@
+"""Causal attention with an optional KV cache, shared by the Llama and modern-GPT models.
+
+The cache is `nanugpt.models.gpt.KVCache` (keys/values per layer, written at `start_pos`), the
+same decode API as the GPT model: `model.new_kv_cache(batch_size)`, then
+`model(idx, kv_cache=cache, start_pos=...)` for the prefill and for each new token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: Any = None, layer: int = 0, start_pos: int = 0) -> torch.Tensor:
+    """q: (B, n_head, T, hd); k, v: (B, n_kv_head, T, hd), already rotated to positions
+    start_pos.. With a cache, k and v are stored and attention covers every cached position."""
+    T = q.size(2)
+    mask, causal = None, True
+    if kv_cache is not None:
+        k, v = kv_cache.update(layer, start_pos, k, v)
+        if T == 1:  # one new token sees every cached one
+            causal = False
+        elif start_pos > 0:  # a chunk after cached tokens: query i sees keys 0..start_pos+i
+            mask = torch.ones(T, start_pos + T, dtype=torch.bool, device=q.device).tril(diagonal=start_pos)
+            causal = False
+    if k.size(1) != q.size(1):  # grouped-query attention: each kv head serves a group of query heads
+        k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
+        v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
