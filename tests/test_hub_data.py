@@ -2,10 +2,17 @@
 in the same formats (parquet, json, arrow) through `datasets.load_dataset`; never the network."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from nanugpt.data.hub import HubDataset
@@ -151,3 +158,40 @@ def test_every_hub_config_prepares_local_files_of_its_layout(option, tmp_path):
     else:  # data.val_fraction of the documents held out of train
         assert text.count("Once upon") == len(STORIES) - 6
     assert data.meta["source"] == option and data.meta["num_tokens"]["val"] > 0
+
+
+def test_prepare_killed_mid_way_resumes_to_the_same_tokens(tmp_path):
+    """A real crash: SIGKILL the prepare CLI after its first shards land, then run it again."""
+    docs = [f"{i}: " + STORIES[i % len(STORIES)] for i in range(3000)]
+    datasets.Dataset.from_dict({"text": docs}).to_parquet(tmp_path / "train.parquet")
+    datasets.Dataset.from_dict({"text": docs[:50]}).to_parquet(tmp_path / "validation.parquet")
+    files = {"train": str(tmp_path / "train.parquet"), "validation": str(tmp_path / "validation.parquet")}
+    args = local("tinystories", files, "parquet", "data.shard_docs=10", "data.num_proc=1")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NANUGPT_DATA": str(tmp_path / "d")}
+    proc = subprocess.Popen([sys.executable, "-m", "nanugpt.prepare", *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "d").glob("*/partial/train-0000[3-9].bin")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (path,) = [p for p in (tmp_path / "d").iterdir() if p.is_dir()]
+    assert not (path / "meta.json").exists(), "killed too late: prepare had finished"
+    done_before = len(list((path / "partial").glob("*.bin")))
+    out = run_cli("nanugpt.prepare", *args, cwd=REPO, env={"NANUGPT_DATA": str(tmp_path / "d")}).stdout
+    assert f"Resuming an interrupted prepare: {done_before} finished shard(s)" in out
+    resumed = load_prepared(path)
+    assert ByteTokenizer().decode(resumed.train) == "".join(d + "\n\n" for d in docs)
+    assert not (path / "partial").exists()
+
+
+def test_prepare_cli_trains_a_bpe_that_training_then_reuses(tmp_path):
+    overrides = ["data.max_bytes=60000", "tokenizer=hf", "tokenizer.train=true", "tokenizer.vocab_size=300"]
+    out = run_cli("nanugpt.prepare", *overrides, cwd=REPO).stdout
+    assert "vocab 300" in out
+    path = out.strip().splitlines()[-1].split(":")[0]
+    meta = json.loads((Path(path) / "meta.json").read_text())
+    assert meta["vocab_size"] == 300 and "tokenizer_json" in meta["tokenizer_state"]
+    cfg = compose_train(TINY + overrides + ["training.max_steps=2", "eval.every=2", "eval.iters=1"])
+    train(cfg, tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["data_meta"]["seconds"] == meta["seconds"]  # the prepared copy, not a second one
