@@ -35,8 +35,10 @@ def parquet_stories(tmp_path):
 
 
 def local(option: str, data_files: dict, builder: str, *extra: str) -> list[str]:
+    """Overrides that load `option` from local files; the datasets cache stays beside them."""
     files = ",".join(f"{k}:'{v}'" for k, v in data_files.items())
-    return [f"data={option}", f"data.path={builder}", f"data.data_files={{{files}}}", *extra]
+    cache = Path(next(iter(data_files.values()))).parent / "hf_cache"
+    return [f"data={option}", f"data.path={builder}", f"data.data_files={{{files}}}", f"data.cache_dir='{cache}'", *extra]
 
 
 def test_tinystories_format_prepares_in_parallel_shards(tmp_path, parquet_stories):
@@ -90,7 +92,7 @@ class CrashingSource(HubDataset):
 
 
 def test_interrupted_prepare_continues_from_finished_shards(tmp_path, parquet_stories):
-    make = lambda crash_at=None: CrashingSource("tinystories", "parquet", data_files=parquet_stories, shard_docs=20, num_proc=1, crash_at=crash_at)
+    make = lambda crash_at=None: CrashingSource("tinystories", "parquet", data_files=parquet_stories, shard_docs=20, num_proc=1, crash_at=crash_at, cache_dir=str(tmp_path / "hf"))
     tok_cfg = {"chars": None}
     with pytest.raises(KeyboardInterrupt):
         prepare(make(crash_at=3), CharTokenizer(), tmp_path / "d", {"c": 1}, tok_cfg)
@@ -108,7 +110,7 @@ def test_interrupted_prepare_continues_from_finished_shards(tmp_path, parquet_st
 
 
 def test_interrupted_prepare_of_a_changed_source_restarts_cleanly(tmp_path, parquet_stories):
-    make = lambda files, crash_at=None: CrashingSource("tinystories", "parquet", data_files=files, shard_docs=20, num_proc=1, crash_at=crash_at)
+    make = lambda files, crash_at=None: CrashingSource("tinystories", "parquet", data_files=files, shard_docs=20, num_proc=1, crash_at=crash_at, cache_dir=str(tmp_path / "hf"))
     with pytest.raises(KeyboardInterrupt):
         prepare(make(parquet_stories, crash_at=2), ByteTokenizer(), tmp_path / "d", {"c": 1}, {})
     datasets.Dataset.from_dict({"text": [s.upper() for s in STORIES[:100]]}).to_parquet(parquet_stories["train"])
@@ -120,9 +122,9 @@ def test_interrupted_prepare_of_a_changed_source_restarts_cleanly(tmp_path, parq
 
 def test_hub_source_errors_name_the_bad_value(tmp_path, parquet_stories):
     with pytest.raises(ValueError, match="data.val_split=test is not a split"):
-        HubDataset("x", "parquet", data_files=parquet_stories, val_split="test").splits
+        HubDataset("x", "parquet", data_files=parquet_stories, val_split="test", cache_dir=str(tmp_path)).splits
     with pytest.raises(ValueError, match="data.text_field=story is not a column"):
-        HubDataset("x", "parquet", data_files=parquet_stories, text_field="story").splits
+        HubDataset("x", "parquet", data_files=parquet_stories, text_field="story", cache_dir=str(tmp_path)).splits
 
 
 def test_offline_hub_data_set_is_a_clear_error(tmp_path):

@@ -153,4 +153,4 @@ class HubDataset:
             desc=f"tokenizing {split} shard {index + 1}/{self.num_shards(split)}",
         )
         column = tokenized.data.column("ids")
-        return np.concatenate([np.zeros(0, np.int64)] + [chunk.flatten().to_numpy() for chunk in column.chunks]).astype(np.int64)
+        return np.concatenate([np.zeros(0, np.int64)] + [chunk.flatten().to_numpy() for chunk in column.chunks])
