@@ -36,8 +36,21 @@ class EvalConfig:
 
 
 @dataclass
+class WandbConfig:
+    mode: Optional[str] = None  # online | offline | disabled; null: WANDB_MODE, else online if logged in, else disabled
+    project: str = "nanugpt"
+    entity: Optional[str] = None
+    name: Optional[str] = None  # null: from the run dir (<date>/<time>, or <date>/<time>/<job> in a sweep)
+    group: Optional[str] = None  # null: the sweep (<date>/<time>) for sweep jobs
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
 class LoggingConfig:
     every: int = 10  # console line every this many steps; metrics.jsonl gets every step
+    progress: Optional[bool] = None  # progress bar; null: only when stdout is a terminal
+    peak_tflops: Optional[float] = None  # one device's peak for MFU; null: from the GPU table (CPU: n/a)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass

@@ -57,6 +57,7 @@ def console_line(row: dict[str, Any], max_steps: int, eta_s: float) -> str:
         f"lr {row['run/lr']:.2e}",
         f"norm {row['train/pre_clip_norm']:.2f}",
         f"{row['train/tokens_per_sec']:,.0f} tok/s",
+        f"MFU {row['train/mfu']:.1%}" if row.get("train/mfu") is not None else "MFU n/a",
         f"ETA {format_duration(eta_s)}",
     ]
     return " | ".join(parts)

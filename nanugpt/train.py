@@ -27,8 +27,9 @@ from nanugpt.checkpoint import clean_state_dict, load_checkpoint, rng_state, sav
 from nanugpt.config import register_configs
 from nanugpt.data.loader import RandomWindowBatches, fixed_eval_batches
 from nanugpt.data.prepared import PreparedData, prepare
-from nanugpt.metrics import MetricsFile, console_line, format_duration
+from nanugpt.metrics import format_duration
 from nanugpt.models.with_loss import ModelWithLoss
+from nanugpt.observe import RunObserver, peak_flops
 from nanugpt.optim import state_bytes
 from nanugpt.utils import CONF_DIR, seed_everything
 
@@ -111,6 +112,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     info = dist.init_distributed(cfg.training.device)
     try:
         return _train(cfg, run_dir, info)
+    except BaseException as e:
+        log.error("Run failed: %s: %s", type(e).__name__, e)  # the line `nanugpt.report` reads as failed
+        raise
     finally:
         dist.shutdown()
 
@@ -169,9 +173,12 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
         net = DistributedDataParallel(net, device_ids=[info.device.index] if info.device.type == "cuda" else None)
     autocast = torch.autocast(info.device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
 
-    metrics = MetricsFile(run_dir / "metrics.jsonl", truncate_after_step=start_step) if info.is_master else None
     ckpt_dir = run_dir / "checkpoints"
     tokens_per_step = tcfg.global_batch_size * context_length
+    observer = RunObserver(
+        cfg, run_dir, info.is_master, start_step, model.flops_per_token(), peak_flops(info.device, amp_dtype),
+        summary={"params": n_params, "global_batch_size": tcfg.global_batch_size, "tokens_per_step": tokens_per_step, "world_size": info.world_size},
+    )  # fmt: skip
     loop_start, timed_steps = None, 0
     last_val_loss: float | None = None
 
@@ -244,13 +251,9 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
                 if info.is_master:
                     save_checkpoint(ckpt_dir, state, step, row["val/loss"], is_best and cfg.eval.checkpoint == "best_and_last")
 
-        if metrics is not None:
-            metrics.write(row)
-        if step % cfg.logging.every == 0 or is_last or "val/loss" in row:
-            log.info(console_line(row, tcfg.max_steps, eta_s))
+        observer.log_step(row, eta_s)  # metrics.jsonl, W&B, progress bar, console line
 
-    if metrics is not None:
-        metrics.close()
+    observer.close()
     if info.is_master:
         finish_message(run_dir, ckpt_dir, best_val_loss, last_val_loss, loop_start)
     return best_val_loss

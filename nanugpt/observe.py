@@ -1,0 +1,265 @@
+"""Seeing a run while it trains: console lines and a progress bar, `metrics.jsonl`, the run's
+provenance (resolved config, git commit), MFU, and W&B.
+
+`train.py` makes one `RunObserver` and calls `log_step(row, eta_s)` once per step and
+`close()` at the end. Only rank 0 observes; other ranks get an observer that does nothing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime
+import json
+import logging
+import netrc
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from nanugpt.metrics import MetricsFile, console_line
+
+log = logging.getLogger("nanugpt.train")
+
+RUN_ID_FILE = "wandb_run_id"  # in the run dir: a resumed run logs into the same W&B run
+
+# Dense (no sparsity) peak FLOP/s per GPU by compute dtype, from NVIDIA's data sheets (SXM parts).
+PEAK_FLOPS = {
+    "H200": {"bf16": 989e12, "tf32": 494.5e12, "fp32": 66.9e12},
+    "H100": {"bf16": 989e12, "tf32": 494.5e12, "fp32": 66.9e12},
+    "A100": {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
+}
+
+
+def peak_flops(device: torch.device, amp_dtype: torch.dtype) -> float | None:
+    """Peak FLOP/s of one device at the dtype its matmuls run in, or None when unknown (CPUs,
+    unlisted GPUs): MFU is then reported as n/a rather than against an invented peak."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    table = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    if table is None:
+        return None
+    if amp_dtype in (torch.bfloat16, torch.float16):
+        return table["bf16"]
+    tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
+    return table["tf32" if tf32 else "fp32"]
+
+
+def git_state(path: Path) -> dict[str, Any]:
+    """Commit and dirty flag of the checkout that holds `path` (None outside a git checkout)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def wandb_mode(mode: str | None) -> str:
+    """`logging.wandb.mode`, or when null: WANDB_MODE if set, online when logged in, else disabled."""
+    if mode is not None:
+        if mode not in ("online", "offline", "disabled"):
+            raise ValueError(f"logging.wandb.mode={mode} is not one of online, offline, disabled (or null for automatic).")
+        return mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        logged_in = netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        logged_in = False
+    return "online" if logged_in else "disabled"
+
+
+def default_run_name(run_dir: Path) -> tuple[str, str | None]:
+    """(name, group) from the run dir: `<date>/<time>` for a run, `<date>/<time>/<job>` in a
+    sweep, where the sweep `<date>/<time>` is the group."""
+    run_dir = run_dir.resolve()
+    if run_dir.name.isdigit():  # Hydra multirun: multirun/<date>/<time>/<job num>
+        group = f"{run_dir.parent.parent.name}/{run_dir.parent.name}"
+        return f"{group}/{run_dir.name}", group
+    return f"{run_dir.parent.name}/{run_dir.name}", None
+
+
+class Progress:
+    """A Rich progress bar on a terminal, with log lines printed above it; nothing when stdout
+    is not a terminal (CI, files, Slurm), where the periodic log lines are the progress."""
+
+    def __init__(self, total: int, start: int, enabled: bool) -> None:
+        self.bar = None
+        self.swapped: list[tuple[logging.Handler, logging.Handler]] = []
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.logging import RichHandler
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+
+        self.bar = RichProgress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
+            console=Console(file=sys.stdout), transient=True,
+        )  # fmt: skip
+        self.task = self.bar.add_task("train", total=total, completed=start, stats="", eta="?")
+        root = logging.getLogger()
+        for handler in list(root.handlers):  # the console handler prints through the bar
+            if type(handler) is logging.StreamHandler and getattr(handler, "stream", None) in (sys.stdout, sys.stderr):
+                rich_handler = RichHandler(console=self.bar.console, show_path=False, show_level=False, markup=False)
+                rich_handler.setFormatter(handler.formatter)
+                rich_handler.setLevel(handler.level)
+                root.removeHandler(handler)
+                root.addHandler(rich_handler)
+                self.swapped.append((handler, rich_handler))
+        self.bar.start()
+
+    def update(self, step: int, stats: str, eta: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, stats=stats, eta=eta)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+        root = logging.getLogger()
+        for original, rich_handler in self.swapped:
+            root.removeHandler(rich_handler)
+            root.addHandler(original)
+        self.swapped = []
+
+
+class WandbRun:
+    """W&B for one run dir: config, summary, step metrics and artifacts; the run id is kept in
+    the run dir so that a resumed run continues the same W&B run."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, summary: dict[str, Any]) -> None:
+        import wandb
+
+        wcfg = cfg.logging.wandb
+        self.wandb, self.run_dir = wandb, run_dir
+        id_file = run_dir / RUN_ID_FILE
+        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        id_file.write_text(run_id + "\n")
+        name, group = default_run_name(run_dir)
+        self.run = wandb.init(
+            mode=wandb_mode(wcfg.mode),
+            project=wcfg.project,
+            entity=wcfg.entity,
+            name=wcfg.name or name,
+            group=wcfg.group or group,
+            tags=list(wcfg.tags),
+            config=OmegaConf.to_container(cfg, resolve=True),
+            id=run_id,
+            resume="allow",
+            dir=os.environ.get("WANDB_DIR") or str(run_dir),
+            settings=wandb.Settings(console="off"),  # log.txt already has the console
+        )
+        self.run.define_metric("val/loss", summary="min")
+        self.run.summary.update(summary)
+        self.log_files("config", [run_dir / "resolved_config.yaml", run_dir / "run_info.json"])
+
+    def log_files(self, kind: str, paths: list[Path]) -> None:
+        paths = [p for p in paths if p.is_file()]
+        if paths:
+            artifact = self.wandb.Artifact(f"{kind}-{self.run.id}", type=kind)
+            for path in paths:
+                artifact.add_file(str(path))
+            self.run.log_artifact(artifact)
+
+    def log(self, row: dict[str, Any]) -> None:
+        self.run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+
+    def finish(self) -> None:
+        self.log_files("checkpoint-log", [self.run_dir / "checkpoints" / "checkpoint_log.yaml"])
+        self.run.finish()
+
+
+class RunObserver:
+    """Everything rank 0 records about a run. `log_step` adds `train/mfu` (when the device's
+    peak is known), appends the row to metrics.jsonl, logs it to W&B, moves the progress bar,
+    and every `logging.every` steps (and on eval steps) logs the console line."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        is_master: bool,
+        start_step: int,
+        flops_per_token: int,
+        peak_flops_per_sec: float | None,  # one device's; None: unknown, MFU n/a
+        summary: dict[str, Any],
+    ) -> None:
+        self.enabled = is_master
+        self.every, self.max_steps = cfg.logging.every, cfg.training.max_steps
+        self.flops_per_token = flops_per_token
+        # MFU compares the global tokens/s with the peak of all devices together.
+        peak = cfg.logging.peak_tflops * 1e12 if cfg.logging.peak_tflops else peak_flops_per_sec
+        self.peak = peak * summary.get("world_size", 1) if peak else None
+        self.metrics = self.wandb = None
+        self.progress = Progress(self.max_steps, start_step, False)
+        if not self.enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        git = git_state(Path(__file__).resolve().parent)
+        (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        info = {
+            "git_commit": git["commit"],
+            "git_dirty": git["dirty"],
+            "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "host": socket.gethostname(),
+            "argv": sys.argv,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "start_step": start_step,
+            "peak_flops_per_sec": self.peak,  # all devices
+            **summary,
+        }
+        (run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+        dirty = " (dirty)" if git["dirty"] else ""
+        log.info("Run dir %s | git %s%s", run_dir, (git["commit"] or "unknown")[:12], dirty)
+        self.metrics = MetricsFile(run_dir / "metrics.jsonl", truncate_after_step=start_step)
+        if wandb_mode(cfg.logging.wandb.mode) != "disabled":
+            self.wandb = WandbRun(cfg, run_dir, summary)
+        show_bar = cfg.logging.progress if cfg.logging.progress is not None else sys.stdout.isatty()
+        self.progress = Progress(self.max_steps, start_step, bool(show_bar))
+        atexit.register(self.close)  # a crash still stops the bar and closes W&B
+
+    def mfu(self, tokens_per_sec: float) -> float | None:
+        return self.flops_per_token * tokens_per_sec / self.peak if self.peak else None
+
+    def log_step(self, row: dict[str, Any], eta_s: float) -> None:
+        if not self.enabled:
+            return
+        mfu = self.mfu(row["train/tokens_per_sec"])
+        if mfu is not None:
+            row["train/mfu"] = mfu
+        self.metrics.write(row)
+        if self.wandb is not None:
+            self.wandb.log(row)
+        line = console_line(row, self.max_steps, eta_s)
+        step = row["step"]
+        if step % self.every == 0 or step == self.max_steps or "val/loss" in row:
+            log.info(line)
+        stats, eta = line.split(" | ", 1)[1].rsplit(" | ETA ", 1)
+        self.progress.update(step, stats, eta)
+
+    def close(self) -> None:
+        self.progress.close()
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
