@@ -14,6 +14,7 @@ import logging
 import netrc
 import os
 import platform
+import secrets
 import socket
 import subprocess
 import sys
@@ -150,7 +151,7 @@ class WandbRun:
         wcfg = cfg.logging.wandb
         self.wandb, self.run_dir = wandb, run_dir
         id_file = run_dir / RUN_ID_FILE
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
         id_file.write_text(run_id + "\n")
         name, group = default_run_name(run_dir)
         self.run = wandb.init(
