@@ -105,6 +105,7 @@ class Progress:
         if not enabled:
             return
         from rich.console import Console
+        from rich.highlighter import NullHighlighter
         from rich.logging import RichHandler
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as RichProgress
@@ -118,7 +119,10 @@ class Progress:
         root = logging.getLogger()
         for handler in list(root.handlers):  # the console handler prints through the bar
             if type(handler) is logging.StreamHandler and getattr(handler, "stream", None) in (sys.stdout, sys.stderr):
-                rich_handler = RichHandler(console=self.bar.console, show_path=False, show_level=False, markup=False)
+                rich_handler = RichHandler(
+                    console=self.bar.console, show_time=False, show_level=False, show_path=False,
+                    markup=False, highlighter=NullHighlighter(),
+                )  # fmt: skip
                 rich_handler.setFormatter(handler.formatter)
                 rich_handler.setLevel(handler.level)
                 root.removeHandler(handler)
