@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from nanugpt.checkpoint import load_checkpoint
+from nanugpt.data.loader import RandomWindowBatches
 from nanugpt.data.prepared import prepare
 from nanugpt.data.text import TextFiles
 from nanugpt.generate import build_from_checkpoint, encode_prompt
@@ -126,6 +127,15 @@ def test_large_vocab_is_stored_as_uint32_and_round_trips(tmp_path, tiktokens):
     assert data.meta["dtype"] == "uint32" and data.train.dtype == np.uint32
     assert int(data.train.max()) > 65535  # ids that uint16 would have wrapped
     assert tok.decode(data.train) + tok.decode(data.val) == MULTILINGUAL * 20
+    # the loader reads uint32 windows back as exact int64 ids, and resumes at the same position
+    batches = RandomWindowBatches(data.train, 16, 4, 4, 0, 1, seed=0, device=torch.device("cpu"))
+    state = batches.state_dict()
+    x, y = batches.next_step()[0]
+    assert int(x.max()) > 65535 and x.dtype == torch.int64
+    start = next(i for i in range(len(data.train) - 16) if np.array_equal(data.train[i : i + 16], x[0].numpy()))
+    assert torch.equal(y[0], torch.from_numpy(data.train[start + 1 : start + 17].astype(np.int64)))
+    batches.load_state_dict(state)
+    assert torch.equal(batches.next_step()[0][0], x)
 
 
 def test_fitted_char_vocab_is_saved_in_meta_and_restored_from_cache(tmp_path):

@@ -31,15 +31,18 @@ def line_chunks(text: str, size: int = CHUNK_CHARS) -> list[str]:
 class HFTokenizer:
     name = "hf"
 
-    def __init__(self, path: str | None = None, train: bool = False, vocab_size: int = 4096, min_frequency: int = 2) -> None:
+    def __init__(
+        self, path: str | None = None, train: bool = False, vocab_size: int = 4096, min_frequency: int = 2, eot_token: str = EOT
+    ) -> None:
         if bool(path) == bool(train):
             raise ValueError(
                 "tokenizer=hf needs exactly one of tokenizer.path=/path/to/tokenizer.json (a local "
                 "tokenizer) or tokenizer.train=true (train a BPE of tokenizer.vocab_size on the corpus)."
             )
         if train and vocab_size < 257:
-            raise ValueError(f"tokenizer.vocab_size={vocab_size} must be at least 257 (256 bytes + {EOT}).")
+            raise ValueError(f"tokenizer.vocab_size={vocab_size} must be at least 257 (256 bytes + {eot_token}).")
         self.train, self.target_vocab_size, self.min_frequency = train, vocab_size, min_frequency
+        self.eot_token = eot_token  # separates documents of hub data sets, if the vocab has it
         self.tok: HFTokenizerImpl | None = None
         if path:
             file = Path(path).expanduser()
@@ -66,7 +69,7 @@ class HFTokenizer:
 
     @property
     def eot_id(self) -> int | None:
-        return self._impl().token_to_id(EOT)
+        return self._impl().token_to_id(self.eot_token)
 
     def fit(self, texts: dict[str, Iterable[str]]) -> None:
         tok = HFTokenizerImpl(models.BPE())
@@ -76,7 +79,7 @@ class HFTokenizer:
         trainer = trainers.BpeTrainer(
             vocab_size=self.target_vocab_size,
             min_frequency=self.min_frequency,
-            special_tokens=[EOT],
+            special_tokens=[self.eot_token],
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=True,
         )
