@@ -222,3 +222,11 @@ def test_plain_llama_computes_what_transformers_llama_computes():
     idx = torch.randint(0, V, (2, T))
     with torch.no_grad():
         assert torch.allclose(ours.logits(ours(idx)), theirs.logits(theirs(idx)), atol=1e-4)
+
+
+def test_hf_models_without_transformers_name_the_extra(monkeypatch):
+    from nanugpt.models.hf import hf_gpt2
+
+    monkeypatch.setitem(__import__("sys").modules, "transformers", None)  # as if not installed
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[hf\]"'):
+        hf_gpt2(vocab_size=V)
