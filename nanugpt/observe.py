@@ -186,9 +186,9 @@ class WandbRun:
     def log(self, row: dict[str, Any]) -> None:
         self.run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
-    def finish(self) -> None:
+    def finish(self, failed: bool = False) -> None:
         self.log_files("checkpoint-log", [self.run_dir / "checkpoints" / "checkpoint_log.yaml"])
-        self.run.finish()
+        self.run.finish(exit_code=1 if failed else 0)
 
 
 class RunObserver:
@@ -239,7 +239,7 @@ class RunObserver:
             self.wandb = WandbRun(cfg, run_dir, summary)
         show_bar = cfg.logging.progress if cfg.logging.progress is not None else sys.stdout.isatty()
         self.progress = Progress(self.max_steps, start_step, bool(show_bar))
-        atexit.register(self.close)  # a crash still stops the bar and closes W&B
+        atexit.register(self.close, failed=True)  # a crash still stops the bar and marks the W&B run failed
 
     def mfu(self, tokens_per_sec: float) -> float | None:
         return self.flops_per_token * tokens_per_sec / self.peak if self.peak else None
@@ -260,11 +260,11 @@ class RunObserver:
         stats, eta = line.split(" | ", 1)[1].rsplit(" | ETA ", 1)
         self.progress.update(step, stats, eta)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self.progress.close()
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
         if self.wandb is not None:
-            self.wandb.finish()
+            self.wandb.finish(failed)
             self.wandb = None
