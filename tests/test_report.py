@@ -56,6 +56,7 @@ def test_sweep_report_table_is_sorted_by_best_val_loss(sweep, tmp_path):
         assert row[1] == f"`optim.lr={LRS[int(job)]}`"  # only the override that varies
         assert row[2] == "finished" and row[3] == "30/30"
         assert row[4].startswith(f"{best[job]:.4f} (")
+        assert len(row) == 8  # no accuracy-threshold columns: no run reached 0.99
     assert "Common overrides: " in report.read_text() and "`training.max_steps=30`" in report.read_text()
     for png in ("loss_curves.png", "accuracy_curves.png"):
         assert tab10_colors_in(sweep / png) == 2, png  # one line per run
