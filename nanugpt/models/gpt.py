@@ -3,6 +3,21 @@
 Token + learned position embeddings, pre-LayerNorm blocks, causal self-attention through
 F.scaled_dot_product_attention (flash/efficient kernels where the device has them), GELU MLP,
 and an output head tied to the token embedding.
+
+Decode API (what `nanugpt.sampling.generate` needs from any model; llama-style models can
+implement the same three things):
+
+    cache = model.new_kv_cache(batch_size)            # empty KVCache, one slot per layer
+    h = model(idx, kv_cache=cache, start_pos=0)       # prefill: (B, T) prompt, fills cache[0:T]
+    h = model(next_ids, kv_cache=cache, start_pos=T)  # decode: (B, 1), attends to cache[0:T+1]
+    logits = model.logits(h[:, -1])
+
+`start_pos` is the absolute position of idx[:, 0]; tokens at positions >= start_pos in the cache
+are overwritten, so `start_pos=0` re-prefills. Without a cache, `model(idx)` is the plain
+training forward. `model.context_length` bounds start_pos + T (learned positions).
+
+`vocab_multiple` pads the embedding/head to a multiple of 64 (or 128) rows for faster GPU
+matmuls; `logits()` slices the padding off, so it is never sampled and the loss is unchanged.
 """
 
 from __future__ import annotations
@@ -14,9 +29,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+class KVCache:
+    """Keys and values of every layer for incremental decoding: (n_layer, B, n_head, max_len, head_dim)."""
+
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int, device: torch.device, dtype: torch.dtype) -> None:
+        shape = (n_layer, batch_size, n_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+    def update(self, layer: int, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, n_head, T, head_dim) at positions start_pos.. and return all keys and
+        values up to the last one stored."""
+        end = start_pos + k.size(2)
+        self.k[layer, :, :, start_pos:end] = k
+        self.v[layer, :, :, start_pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, bias: bool, dropout: float) -> None:
+    def __init__(self, n_embd: int, n_head: int, bias: bool, dropout: float, layer_idx: int = 0) -> None:
         super().__init__()
+        self.layer_idx = layer_idx  # which slot of a KVCache is ours
         if n_embd % n_head != 0:
             raise ValueError(f"model.n_embd={n_embd} must be divisible by model.n_head={n_head}.")
         self.n_head = n_head
@@ -25,13 +58,21 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        mask, causal = None, True
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, start_pos, k, v)
+            if T == 1:  # one new token sees every cached one
+                causal = False
+            elif start_pos > 0:  # a chunk after cached tokens: query i sees keys 0..start_pos+i
+                mask = torch.ones(T, start_pos + T, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
+                causal = False
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -50,15 +91,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, bias: bool, dropout: float) -> None:
+    def __init__(self, n_embd: int, n_head: int, bias: bool, dropout: float, layer_idx: int = 0) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
-        self.attn = CausalSelfAttention(n_embd, n_head, bias, dropout)
+        self.attn = CausalSelfAttention(n_embd, n_head, bias, dropout, layer_idx)
         self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
         self.mlp = MLP(n_embd, bias, dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), kv_cache, start_pos)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -72,21 +113,25 @@ class GPT(nn.Module):
         n_embd: int = 128,
         dropout: float = 0.0,
         bias: bool = True,
+        vocab_multiple: int = 1,
     ) -> None:
         super().__init__()
+        if vocab_multiple < 1:
+            raise ValueError(f"model.vocab_multiple={vocab_multiple} must be >= 1 (1 = no padding; 64 or 128 for GPUs).")
         self.vocab_size = vocab_size
+        padded_vocab = -(-vocab_size // vocab_multiple) * vocab_multiple
         self.context_length = context_length
         self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(vocab_size, n_embd),
+                wte=nn.Embedding(padded_vocab, n_embd),
                 wpe=nn.Embedding(context_length, n_embd),
                 drop=nn.Dropout(dropout),
-                h=nn.ModuleList([Block(n_embd, n_head, bias, dropout) for _ in range(n_layer)]),
+                h=nn.ModuleList([Block(n_embd, n_head, bias, dropout, i) for i in range(n_layer)]),
                 ln_f=nn.LayerNorm(n_embd, bias=bias),
             )
         )
-        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.lm_head = nn.Linear(n_embd, padded_vocab, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
 
         self.apply(self._init_weights)
@@ -114,19 +159,27 @@ class GPT(nn.Module):
         """Training FLOPs per token: 6N for the matmuls plus the attention term (PaLM, app. B)."""
         return 6 * self.num_params(non_embedding=True) + 12 * self.n_layer * self.n_embd * self.context_length
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T) -> final hidden states (B, T, n_embd); the head lives in `logits`."""
+    def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
+        weight = self.lm_head.weight
+        head_dim = self.n_embd // self.n_head
+        return KVCache(self.n_layer, batch_size, self.n_head, self.context_length, head_dim, weight.device, dtype or weight.dtype)
+
+    def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
+        """Token ids (B, T) at positions start_pos.. -> final hidden states (B, T, n_embd);
+        the head lives in `logits`. With `kv_cache`, keys/values are stored and reused."""
         B, T = idx.shape
-        if T > self.context_length:
+        if start_pos + T > self.context_length:
             raise ValueError(
-                f"Sequence length {T} exceeds the model's context_length={self.context_length}; "
+                f"Positions up to {start_pos + T} exceed the model's context_length={self.context_length}; "
                 "pass shorter inputs or raise model.context_length."
             )
-        pos = torch.arange(T, device=idx.device)
+        pos = torch.arange(start_pos, start_pos + T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
-            x = block(x)
+            x = block(x, kv_cache, start_pos)
         return self.transformer.ln_f(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
+        """Hidden states -> logits over the real vocab (the padding rows are cut off)."""
+        logits = self.lm_head(hidden)
+        return logits if logits.size(-1) == self.vocab_size else logits[..., : self.vocab_size]
