@@ -61,7 +61,7 @@ def generate(
     keep = L // 2 if window_keep is None else window_keep
     if not 1 <= keep <= L:
         raise ValueError(f"window_keep={window_keep} must be between 1 and the model's context_length={L}.")
-    step_fn = decode_step or model
+    step_fn = model if decode_step is None else decode_step
     cache = model.new_kv_cache(idx.size(0)) if use_cache else None
     start = max(0, idx.size(1) - L)  # where the model's context begins in idx
     cached = 0  # tokens of idx[:, start:] already in the cache

@@ -63,6 +63,19 @@ def autocast_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+def configure_matmul_precision(device: torch.device) -> None:
+    """TF32 for the float32 matmuls and convolutions autocast leaves (optimizer maths, fp32 runs)
+    on CUDA: ~8x the fp32 tensor-core rate for a 10-bit mantissa, which training tolerates."""
+    if device.type != "cuda":
+        return
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def prepare_data(cfg: DictConfig) -> PreparedData:
     return prepare(
         source=instantiate(cfg.data),
@@ -127,6 +140,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
         torch.set_num_threads(tcfg.threads)
     accum = grad_accum_steps(tcfg.global_batch_size, tcfg.device_batch_size, info.world_size)
     amp_dtype = autocast_dtype(tcfg.dtype, info.device)
+    configure_matmul_precision(info.device)
     seed_everything(tcfg.seed)
 
     # ---- data: tokenized once into a cache keyed by data + tokenizer config

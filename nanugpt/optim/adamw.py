@@ -22,5 +22,8 @@ def adamw(
     eps: float = 1e-8,
     fused: bool | None = None,
 ) -> torch.optim.AdamW:
-    # fused=None lets torch pick: the fused CUDA kernel on GPU, foreach on CPU.
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps, fused=fused)
+    groups = param_groups(model, weight_decay)
+    if fused is None:
+        # torch's own default is foreach, never fused: pick the single fused kernel on CUDA.
+        fused = all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)

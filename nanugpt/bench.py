@@ -1,0 +1,449 @@
+"""Benchmarks that print figures: `python -m nanugpt.bench train|generate|prepare|eval [overrides]`.
+
+Overrides are the training config's (`model=gpt2_124m training.compile=true ...`) plus the
+bench's own `bench.*` keys (defaults in BENCH_DEFAULTS). Each command prints a table and writes
+JSON (`bench.out`, default bench-<what>.json) with the machine, torch version, the resolved
+config and the medians over `bench.repeats` repeats. Warm-up steps (and compilation) are never
+timed. Wall-clock figures are only as good as the machine is quiet: say how loaded it was.
+
+    python -m nanugpt.bench train                                  # default model, real data
+    python -m nanugpt.bench train model=gpt2_124m training.compile=true bench.synthetic=true \\
+        training.device_batch_size=16 training.global_batch_size=16   # H100 MFU figure
+    python -m nanugpt.bench generate bench.new_tokens=500          # KV cache vs recompute
+    python -m nanugpt.bench prepare bench.bpe_file=/path/to/r50k_base.tiktoken
+    python -m nanugpt.bench eval
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from nanugpt import dist
+from nanugpt.config import register_configs
+from nanugpt.data.loader import RandomWindowBatches, fixed_eval_batches
+from nanugpt.models.with_loss import ModelWithLoss
+from nanugpt.sampling import generate
+from nanugpt.train import autocast_dtype, configure_matmul_precision, prepare_data, set_vocab_size
+from nanugpt.utils import CONF_DIR, seed_everything
+
+BENCH_DEFAULTS: dict[str, Any] = {
+    "warmup": 3,  # untimed steps (compilation, allocator warm-up)
+    "steps": 10,  # timed steps per repeat
+    "repeats": 3,  # the figure is the median over repeats
+    "synthetic": False,  # random tokens instead of the configured data (train/eval)
+    "plain_loop": True,  # train: also time a minimal plain-torch loop on the same model
+    "peak_flops": None,  # MFU denominator; null: known GPUs (H100/H200 bf16 dense 989e12), else MFU n/a
+    "new_tokens": 500,  # generate
+    "batch_sizes": [1, 8],  # generate
+    "prompt_tokens": 8,  # generate
+    "compile_decode": False,  # generate: also time a torch.compile'd decode step
+    "ckpt": None,  # generate: a checkpoint instead of random weights
+    "max_mb": 8.0,  # prepare: cap the corpus at this many MB
+    "bpe_file": None,  # prepare: a local .tiktoken rank file (r50k_base / gpt2); null skips tiktoken
+    "out": None,  # JSON path; null: bench-<what>.json
+}
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # bf16 dense tensor-core peaks
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def parse_args(argv: list[str]) -> tuple[str, dict[str, Any], list[str]]:
+    commands = ("train", "generate", "prepare", "eval")
+    if not argv or argv[0] not in commands:
+        raise SystemExit(f"usage: python -m nanugpt.bench {{{'|'.join(commands)}}} [overrides] [bench.KEY=VALUE]; got {argv[:1]}")
+    bench = dict(BENCH_DEFAULTS)
+    overrides = []
+    for arg in argv[1:]:
+        if arg.startswith("bench."):
+            key, _, value = arg[len("bench.") :].partition("=")
+            if key not in bench:
+                raise SystemExit(f"Unknown bench option bench.{key}; known: {', '.join('bench.' + k for k in bench)}.")
+            bench[key] = _coerce(value)
+        else:
+            overrides.append(arg)
+    return argv[0], bench, overrides
+
+
+def _coerce(value: str) -> Any:
+    """`bench.x=3` -> 3, `=[1,8]` -> [1, 8], `=true` -> True, `=null` -> None, else the string."""
+    import yaml
+
+    return yaml.safe_load(value) if value else None
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": __import__("os").cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "load_avg_1m": round(__import__("os").getloadavg()[0], 2),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def print_table(title: str, rows: list[dict[str, Any]]) -> None:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    print(f"\n{title}")
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.4g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def write_json(what: str, bench: dict, cfg: DictConfig | None, device: torch.device, rows: list[dict]) -> Path:
+    out = Path(bench["out"] or f"bench-{what}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "bench": what,
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": "python -m nanugpt.bench " + " ".join(sys.argv[1:]),
+        "machine": machine_info(device),
+        "bench_options": bench,
+        "config": OmegaConf.to_container(cfg, resolve=True) if cfg is not None else None,
+        "results": rows,
+    }
+    out.write_text(json.dumps(record, indent=2, default=str))
+    print(f"\nwrote {out}")
+    return out
+
+
+def setup(cfg: DictConfig, bench: dict) -> tuple[torch.device, np.ndarray, np.ndarray]:
+    """Device, threads, matmul precision and (train, val) token arrays."""
+    if cfg.training.threads:
+        torch.set_num_threads(cfg.training.threads)
+    device = dist.resolve_device(cfg.training.device, 0)
+    configure_matmul_precision(device)
+    seed_everything(cfg.training.seed)
+    if bench["synthetic"]:
+        vocab = cfg.model.get("vocab_size") or instantiate(cfg.tokenizer).vocab_size
+        set_vocab_size(cfg, vocab)
+        rng = np.random.default_rng(0)
+        n = max(1_000_000, 4 * cfg.training.global_batch_size * (cfg.model.context_length + 1))
+        return device, rng.integers(0, vocab, n, dtype=np.int64).astype(np.uint32), rng.integers(0, vocab, n // 10, dtype=np.int64).astype(np.uint32)
+    data = prepare_data(cfg)
+    set_vocab_size(cfg, data.vocab_size)
+    return device, data.train, data.val
+
+
+def peak_flops(bench: dict, device: torch.device) -> float | None:
+    if bench["peak_flops"]:
+        return float(bench["peak_flops"])
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    return None
+
+
+# ---------------------------------------------------------------- train
+
+
+def bench_train(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]:
+    device, train_tokens, _ = setup(cfg, bench)
+    tcfg = cfg.training
+    accum = tcfg.global_batch_size // tcfg.device_batch_size
+    amp_dtype = autocast_dtype(tcfg.dtype, device)
+    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
+    T = cfg.model.context_length
+    tokens_per_step = tcfg.global_batch_size * T
+    peak = peak_flops(bench, device)
+    rows = []
+
+    model = instantiate(cfg.model)
+    flops_per_token = model.flops_per_token()
+    net = ModelWithLoss(model, instantiate(cfg.loss)).to(device)
+    optimizer = instantiate(cfg.optim)(model)
+    scheduler = instantiate(cfg.sched)(optimizer)
+    if tcfg.compile:
+        net = torch.compile(net)
+    batches = RandomWindowBatches(train_tokens, T, tcfg.global_batch_size, tcfg.device_batch_size, 0, 1, tcfg.seed, device)
+
+    def nanugpt_step() -> float:
+        """The operations of one step of nanugpt/train.py's loop; returns seconds waiting on data."""
+        t = time.perf_counter()
+        micro = batches.next_step()
+        data_s = time.perf_counter() - t
+        totals = torch.zeros(3, dtype=torch.float64, device=device)
+        for x, y in micro:
+            with autocast:
+                _, loss, correct, count = net(x, y)
+            (loss / accum).backward()
+            totals += torch.stack([loss.detach().double(), correct.double(), count.double()])
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        totals[0].item()  # train.py logs the loss every step: one host sync
+        return data_s
+
+    rows.append(time_train_steps("nanugpt", nanugpt_step, bench, device, tokens_per_step, flops_per_token, peak))
+
+    if bench["plain_loop"]:
+        # The minimal loop everyone writes first: same model and optimizer, no wrappers.
+        plain_model = instantiate(cfg.model).to(device)
+        plain_opt = instantiate(cfg.optim)(plain_model)
+        step_model: Callable = torch.compile(plain_model) if tcfg.compile else plain_model
+        tokens_t = torch.from_numpy(train_tokens.astype(np.int64))
+
+        def plain_step() -> float:
+            t = time.perf_counter()
+            ix = torch.randint(len(tokens_t) - T - 1, (tcfg.global_batch_size,))
+            xy = torch.stack([tokens_t[i : i + T + 1] for i in ix.tolist()]).to(device)
+            data_s = time.perf_counter() - t
+            for x, y in zip(xy[:, :-1].chunk(accum), xy[:, 1:].chunk(accum)):
+                with autocast:
+                    logits = plain_model.logits(step_model(x))
+                    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+                (loss / accum).backward()
+            torch.nn.utils.clip_grad_norm_(plain_model.parameters(), tcfg.grad_clip)
+            plain_opt.step()
+            plain_opt.zero_grad(set_to_none=True)
+            loss.item()
+            return data_s
+
+        rows.append(time_train_steps("plain torch loop", plain_step, bench, device, tokens_per_step, flops_per_token, peak))
+    return device, rows
+
+
+def time_train_steps(name: str, step: Callable[[], float], bench: dict, device: torch.device, tokens_per_step: int, flops_per_token: int, peak: float | None) -> dict:
+    for _ in range(bench["warmup"]):
+        step()
+    step_s, data_share, cpu_s = [], [], []
+    for _ in range(bench["repeats"]):
+        sync(device)
+        t, c, waited = time.perf_counter(), time.process_time(), 0.0
+        for _ in range(bench["steps"]):
+            waited += step()
+        sync(device)
+        elapsed = time.perf_counter() - t
+        step_s.append(elapsed / bench["steps"])
+        cpu_s.append((time.process_time() - c) / bench["steps"])
+        data_share.append(waited / elapsed)
+    sec = median(step_s)
+    tps = tokens_per_step / sec
+    achieved = flops_per_token * tps
+    return {
+        "loop": name,
+        "step_ms": sec * 1e3,
+        "cpu_ms_per_step": median(cpu_s) * 1e3,
+        "tokens_per_s": tps,
+        "data_wait_pct": 100 * median(data_share),
+        "tflops": achieved / 1e12,
+        "mfu_pct": 100 * achieved / peak if peak else None,
+        "step_ms_all": [round(s * 1e3, 3) for s in step_s],
+    }
+
+
+# ---------------------------------------------------------------- eval
+
+
+def bench_eval(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]:
+    device, _, val_tokens = setup(cfg, bench)
+    from nanugpt.train import evaluate
+
+    model = instantiate(cfg.model)
+    net = ModelWithLoss(model, instantiate(cfg.loss)).to(device)
+    if cfg.training.compile:
+        net = torch.compile(net)
+    amp_dtype = autocast_dtype(cfg.training.dtype, device)
+    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
+    info = dist.DistInfo(rank=0, local_rank=0, world_size=1, device=device)
+    batches = fixed_eval_batches(val_tokens, cfg.model.context_length, cfg.training.device_batch_size, cfg.eval.iters, 0, 1, device)
+    for _ in range(max(1, bench["warmup"] // 3)):
+        evaluate(net, batches, autocast, info)
+    times = []
+    for _ in range(bench["repeats"]):
+        sync(device)
+        t = time.perf_counter()
+        evaluate(net, batches, autocast, info)
+        sync(device)
+        times.append(time.perf_counter() - t)
+    tokens = cfg.eval.iters * cfg.training.device_batch_size * cfg.model.context_length
+    sec = median(times)
+    return device, [{"eval_iters": cfg.eval.iters, "batch": cfg.training.device_batch_size, "tokens": tokens, "sec_per_eval": sec, "tokens_per_s": tokens / sec}]
+
+
+# ---------------------------------------------------------------- generate
+
+
+def bench_generate(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]:
+    if cfg.training.threads:
+        torch.set_num_threads(cfg.training.threads)
+    device = dist.resolve_device(cfg.training.device, 0)
+    configure_matmul_precision(device)
+    seed_everything(cfg.training.seed)
+    if bench["ckpt"]:
+        from nanugpt.checkpoint import load_checkpoint
+        from nanugpt.generate import build_from_checkpoint
+
+        model, _ = build_from_checkpoint(load_checkpoint(Path(bench["ckpt"]), map_location=device), device)
+    else:
+        set_vocab_size(cfg, instantiate(cfg.tokenizer).vocab_size)
+        model = instantiate(cfg.model).to(device).eval()
+    L = model.context_length
+    variants: list[tuple[str, dict]] = [
+        ("recompute, slide by one", {"use_cache": False, "window_keep": L}),
+        ("recompute, half-window", {"use_cache": False}),
+        ("KV cache, half-window", {"use_cache": True}),
+    ]
+    if bench["compile_decode"]:
+        variants.append(("KV cache + compiled decode", {"use_cache": True, "decode_step": torch.compile(model, dynamic=True)}))
+    rows = []
+    for batch in bench["batch_sizes"]:
+        prompt = torch.randint(0, model.vocab_size, (batch, bench["prompt_tokens"]), device=device)
+        baseline = None
+        for name, kw in variants:
+            run = lambda: generate(model, prompt, bench["new_tokens"], temperature=0, **kw)  # noqa: E731
+            for _ in range(max(1, bench["warmup"] // 3)):
+                out = run()
+            times, cpu = [], []
+            for _ in range(bench["repeats"]):
+                sync(device)
+                t, c = time.perf_counter(), time.process_time()
+                out = run()
+                sync(device)
+                times.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
+            tps = batch * bench["new_tokens"] / median(times)
+            baseline = baseline or tps
+            rows.append({
+                "batch": batch, "path": name, "new_tokens": bench["new_tokens"], "sec": median(times),
+                "cpu_sec": median(cpu), "tokens_per_s": tps, "x_vs_slide": tps / baseline,
+                "greedy_tokens": out[0, -8:].tolist(),
+            })  # fmt: skip
+    return device, rows
+
+
+# ---------------------------------------------------------------- prepare
+
+
+def bench_prepare(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]:
+    """MB/s of text -> token array: our tokenizers (what nanugpt.prepare calls) vs tiktoken's own
+    encode_ordinary_batch on the same text."""
+    from nanugpt.tokenizers.byte import ByteTokenizer
+
+    text = "".join(instantiate(cfg.data).splits().values())
+    text = text[: int(bench["max_mb"] * 1e6)]
+    mb = len(text.encode("utf-8")) / 1e6
+    rows = []
+
+    def timed(name: str, fn: Callable[[], Any]) -> dict:
+        fn()  # warm-up (tiktoken builds its regex and caches on first use)
+        times = []
+        for _ in range(bench["repeats"]):
+            t = time.perf_counter()
+            n = fn()
+            times.append(time.perf_counter() - t)
+        return {"tokenizer": name, "mb": mb, "tokens": n, "sec": median(times), "mb_per_s": mb / median(times)}
+
+    byte = ByteTokenizer()
+    rows.append(timed("byte (nanugpt)", lambda: len(byte.encode(text))))
+    enc = load_tiktoken_file(bench["bpe_file"])
+    if enc is None:
+        print("prepare: no bench.bpe_file given (a local r50k_base/gpt2 .tiktoken file); skipping tiktoken rows.")
+    else:
+        chunks = split_for_batch(text)
+        rows.append(timed("tiktoken encode_ordinary_batch (raw)", lambda: sum(len(c) for c in enc.encode_ordinary_batch(chunks))))
+        rows.append(timed("tiktoken via nanugpt pipeline", lambda: len(tiktoken_pipeline(enc, text))))
+        raw, ours = rows[-2]["sec"], rows[-1]["sec"]
+        rows[-1]["overhead_pct"] = 100 * (ours - raw) / raw
+    return torch.device("cpu"), rows
+
+
+def split_for_batch(text: str, chunk_chars: int = 1 << 16) -> list[str]:
+    """Cut after a newline that is followed by a non-space, near every chunk_chars: GPT-2's
+    pre-tokenizer always splits there, so the chunks encode to exactly the tokens of one encode."""
+    chunks, start = [], 0
+    while start < len(text):
+        end = start + chunk_chars
+        while 0 <= (end := text.find("\n", end)) and end + 1 < len(text) and text[end + 1].isspace():
+            end += 1
+        end = len(text) if end < 0 else end + 1
+        chunks.append(text[start:end])
+        start = end
+    return chunks
+
+
+def tiktoken_pipeline(enc: Any, text: str) -> np.ndarray:
+    """What nanugpt's tiktoken tokenizer does for a corpus: batch encode, then one flat uint16 array."""
+    ids = enc.encode_ordinary_batch(split_for_batch(text))
+    return np.concatenate([np.asarray(i, dtype=np.uint16) for i in ids])
+
+
+def load_tiktoken_file(path: str | None) -> Any:
+    if not path:
+        return None
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise SystemExit(f"bench.bpe_file={path} does not exist; pass a local r50k_base.tiktoken (gpt2) rank file.")
+    ranks = load_tiktoken_bpe(str(file))
+    # r50k_base's pre-tokenizer (tiktoken_ext.openai_public)
+    pat = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    return tiktoken.Encoding(name=file.stem, pat_str=pat, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": len(ranks)})
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    what, bench, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = compose_config(overrides)
+    run = {"train": bench_train, "eval": bench_eval, "generate": bench_generate, "prepare": bench_prepare}[what]
+    device, rows = run(cfg, bench)
+    print_table(f"nanugpt bench {what} | torch {torch.__version__} | {device} | threads {torch.get_num_threads()} | load avg {__import__('os').getloadavg()[0]:.1f}", [{k: v for k, v in r.items() if not isinstance(v, list)} for r in rows])
+    write_json(what, bench, cfg, device, rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

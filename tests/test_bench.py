@@ -1,0 +1,99 @@
+"""Smoke runs of every `python -m nanugpt.bench` command at CI sizes: they run, print a table and
+write JSON with the machine, torch version, config and figures. The figures themselves are
+documented in docs/benchmarks.md, never asserted."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanugpt.bench import load_tiktoken_file, parse_args, split_for_batch, tiktoken_pipeline
+from tests.conftest import REPO, TINY, run_cli
+
+FAST = ["bench.warmup=1", "bench.steps=2", "bench.repeats=2"]
+
+
+def run_bench(what: str, tmp_path: Path, *extra: str) -> dict:
+    out = tmp_path / f"{what}.json"
+    proc = run_cli("nanugpt.bench", what, *TINY, *FAST, f"bench.out={out}", *extra, cwd=tmp_path)
+    assert f"nanugpt bench {what}" in proc.stdout  # the table's title
+    record = json.loads(out.read_text())
+    assert record["bench"] == what
+    assert record["machine"]["torch"] == torch.__version__
+    assert record["machine"]["cpu_count"] >= 1
+    return record
+
+
+def test_bench_train_reports_throughput_and_data_wait(tmp_path: Path) -> None:
+    record = run_bench("train", tmp_path, "training.device_batch_size=4")  # 2 accumulation steps
+    assert record["config"]["model"]["n_layer"] == 2
+    loops = {row["loop"]: row for row in record["results"]}
+    assert set(loops) == {"nanugpt", "plain torch loop"}
+    for row in loops.values():
+        assert row["tokens_per_s"] > 0 and row["step_ms"] > 0
+        assert 0 <= row["data_wait_pct"] < 100
+        assert len(row["step_ms_all"]) == 2  # one per repeat; the figure is their median
+        assert row["mfu_pct"] is None  # no known peak on CPU
+    with_peak = run_bench("train", tmp_path, "bench.synthetic=true", "bench.plain_loop=false", "bench.peak_flops=1e12")
+    row = with_peak["results"][0]
+    assert row["mfu_pct"] == pytest.approx(100 * row["tflops"] / 1.0)
+
+
+def test_bench_eval_reports_seconds_per_pass(tmp_path: Path) -> None:
+    (row,) = run_bench("eval", tmp_path)["results"]
+    assert row["tokens"] == 4 * 8 * 32  # eval.iters x device batch x context
+    assert row["sec_per_eval"] > 0
+
+
+def test_bench_generate_compares_cache_and_recompute(tmp_path: Path) -> None:
+    rows = run_bench("generate", tmp_path, "bench.new_tokens=50", "bench.batch_sizes=[1,2]")["results"]
+    assert {(r["batch"], r["path"]) for r in rows} == {
+        (b, p) for b in (1, 2) for p in ("recompute, slide by one", "recompute, half-window", "KV cache, half-window")
+    }
+    for batch in (1, 2):
+        same_policy = [r["greedy_tokens"] for r in rows if r["batch"] == batch and r["path"].endswith("half-window")]
+        assert same_policy[0] == same_policy[1]  # past the 32-token window too: 8 + 50 tokens
+
+
+def test_bench_prepare_compares_with_tiktoken(tmp_path: Path) -> None:
+    rank_file = tmp_path / "toy.tiktoken"  # a real rank file format, tiny vocab: no download
+    merges = [bytes([i]) for i in range(256)] + [b"th", b"he", b"the", b"in", b" t"]
+    rank_file.write_text("".join(f"{base64.b64encode(tok).decode()} {rank}\n" for rank, tok in enumerate(merges)))
+    rows = run_bench("prepare", tmp_path, f"bench.bpe_file={rank_file}", "bench.max_mb=0.2")["results"]
+    by_name = {r["tokenizer"]: r for r in rows}
+    assert by_name["byte (nanugpt)"]["tokens"] == pytest.approx(200_000, rel=0.01)
+    raw, ours = by_name["tiktoken encode_ordinary_batch (raw)"], by_name["tiktoken via nanugpt pipeline"]
+    assert raw["tokens"] == ours["tokens"] < by_name["byte (nanugpt)"]["tokens"]  # merges happened
+    assert "overhead_pct" in ours
+
+
+def test_prepare_without_a_rank_file_skips_tiktoken_cleanly(tmp_path: Path) -> None:
+    out = tmp_path / "p.json"
+    proc = run_cli("nanugpt.bench", "prepare", *TINY, *FAST, "bench.max_mb=0.05", f"bench.out={out}", cwd=tmp_path)
+    assert "skipping tiktoken rows" in proc.stdout
+    assert [r["tokenizer"] for r in json.loads(out.read_text())["results"]] == ["byte (nanugpt)"]
+
+
+def test_batched_tiktoken_pipeline_equals_one_encode(tmp_path: Path) -> None:
+    merges = [bytes([i]) for i in range(256)] + [b"e\n", b"\n\n", b"ab"]
+    rank_file = tmp_path / "t.tiktoken"
+    rank_file.write_text("".join(f"{base64.b64encode(tok).decode()} {rank}\n" for rank, tok in enumerate(merges)))
+    enc = load_tiktoken_file(str(rank_file))
+    text = ("abc line\n\nnext one\n" * 5000) + "end"
+    assert len(split_for_batch(text, 1000)) > 10
+    assert "".join(split_for_batch(text, 1000)) == text
+    assert tiktoken_pipeline(enc, text).tolist() == enc.encode_ordinary(text)
+
+
+def test_bench_rejects_unknown_commands_and_options() -> None:
+    with pytest.raises(SystemExit, match="usage"):
+        parse_args(["speed"])
+    with pytest.raises(SystemExit, match="bench.stepz"):
+        parse_args(["train", "bench.stepz=3"])
+    what, bench, overrides = parse_args(["generate", "bench.batch_sizes=[1,8]", "model.n_layer=2"])
+    assert (what, bench["batch_sizes"], overrides) == ("generate", [1, 8], ["model.n_layer=2"])
+    assert REPO.is_dir()
