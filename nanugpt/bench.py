@@ -398,12 +398,12 @@ def bench_prepare(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict
 
 
 def split_for_batch(text: str, chunk_chars: int = 1 << 16) -> list[str]:
-    """Cut after a newline that is followed by a non-space, near every chunk_chars: GPT-2's
+    """Cut after a lone newline between two non-spaces, near every chunk_chars: GPT-2's
     pre-tokenizer always splits there, so the chunks encode to exactly the tokens of one encode."""
     chunks, start = [], 0
     while start < len(text):
         end = start + chunk_chars
-        while 0 <= (end := text.find("\n", end)) and end + 1 < len(text) and text[end + 1].isspace():
+        while 0 <= (end := text.find("\n", end)) and end + 1 < len(text) and (text[end + 1].isspace() or text[end - 1].isspace()):
             end += 1
         end = len(text) if end < 0 else end + 1
         chunks.append(text[start:end])

@@ -63,19 +63,50 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str, context_length: int) -> lis
     return ids
 
 
+def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """Text up to (and including) the first stop string, and whether one was found."""
+    hits = [text.index(s) + len(s) for s in stop if s in text]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+def generate_texts(model: nn.Module, tokenizer: Tokenizer, prompts: list[str], cfg: DictConfig, device: torch.device) -> list[str]:
+    """Every prompt x num_samples. Prompts of equal token length share one batch (one prefill,
+    one cache); generation stops early once every row of a batch has hit a stop string."""
+    stop = [str(s) for s in (cfg.stop or [])]
+    encoded = [encode_prompt(tokenizer, p, model.context_length) for p in prompts]
+    decode_step = torch.compile(model, dynamic=True) if cfg.compile else None
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    texts: list[str] = [""] * (len(prompts) * cfg.num_samples)
+    for length in sorted({len(ids) for ids in encoded}):
+        rows = [(i, ids) for i, ids in enumerate(encoded) for _ in range(cfg.num_samples) if len(ids) == length]
+        idx = torch.tensor([ids for _, ids in rows], dtype=torch.long, device=device)
+
+        def all_stopped(idx: torch.Tensor) -> bool:
+            return bool(stop) and all(cut_at_stop(tokenizer.decode(row[length:].tolist()), stop)[1] for row in idx)
+
+        out = generate(
+            model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator,
+            use_cache=cfg.use_cache, window_keep=cfg.window_keep, should_stop=all_stopped if stop else None,
+            decode_step=decode_step,
+        )  # fmt: skip
+        seen: dict[int, int] = {}
+        for (i, ids), row in zip(rows, out):
+            new_text = cut_at_stop(tokenizer.decode(row[length:].tolist()), stop)[0]
+            texts[i * cfg.num_samples + seen.get(i, 0)] = prompts[i] + new_text
+            seen[i] = seen.get(i, 0) + 1
+    return texts
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
 def main(cfg: DictConfig) -> list[str]:
     device = resolve_device(cfg.device, 0)
     ckpt = load_checkpoint(Path(cfg.ckpt), map_location=device)
     model, tokenizer = build_from_checkpoint(ckpt, device, cfg.trust_checkpoint)
-    ids = encode_prompt(tokenizer, str(cfg.prompt), model.context_length)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    idx = torch.tensor([ids] * cfg.num_samples, dtype=torch.long, device=device)
-    out = generate(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator)
-    texts = [tokenizer.decode(row.tolist()) for row in out]
+    prompts = [str(p) for p in cfg.prompts] if cfg.prompts else [str(cfg.prompt)]
+    texts = generate_texts(model, tokenizer, prompts, cfg, device)
     for i, text in enumerate(texts):
-        if cfg.num_samples > 1:
-            print(f"---------- sample {i + 1}/{cfg.num_samples}")
+        if len(texts) > 1:
+            print(f"---------- sample {i + 1}/{len(texts)}")
         print(text)
     return texts
 

@@ -110,3 +110,30 @@ def test_top_p_keeps_only_the_nucleus() -> None:
     assert draws == {0, 1}  # 0.5 + 0.3 crosses 0.7; tokens 2 and 3 are cut
     with pytest.raises(ValueError, match="top_p=1.5"):
         sample_next(logits, 1.0, None, 1.5, gen)
+
+
+def test_generate_texts_batches_prompts_and_cuts_at_stop_strings() -> None:
+    from omegaconf import OmegaConf
+
+    from nanugpt.generate import generate_texts
+    from nanugpt.tokenizers.byte import ByteTokenizer
+
+    torch.manual_seed(0)
+    model = GPT(vocab_size=256, context_length=16, n_layer=1, n_head=2, n_embd=16).eval()
+    cfg = OmegaConf.create(
+        dict(num_samples=2, max_new_tokens=40, temperature=1.0, top_k=None, top_p=None, seed=3,
+             use_cache=True, window_keep=None, compile=False, stop=None)
+    )  # fmt: skip
+    prompts = ["ab", "xyz", "cd"]  # two lengths: two batches, results back in prompt order
+    free = generate_texts(model, ByteTokenizer(), prompts, cfg, torch.device("cpu"))
+    assert [t[: len(p)] for t, p in zip(free, [p for p in prompts for _ in range(2)])] == ["ab", "ab", "xyz", "xyz", "cd", "cd"]
+    assert all(len(t.encode("utf-8", errors="surrogateescape")) > len(p) for t, p in zip(free, ["ab"] * 6))
+    # Stop at a character that occurs in the first free sample's continuation: the same seeded
+    # sample is cut right after it.
+    stop_char = free[0][2:][5]
+    cfg.stop = [stop_char]
+    stopped = generate_texts(model, ByteTokenizer(), prompts, cfg, torch.device("cpu"))
+    assert stopped[0] == free[0][: 2 + free[0][2:].index(stop_char) + 1]
+    for text, prompt in zip(stopped, [p for p in prompts for _ in range(2)]):
+        new = text[len(prompt) :]
+        assert stop_char not in new[:-1]  # nothing after the first stop string
