@@ -1,8 +1,9 @@
 """Causal attention with an optional KV cache, shared by the Llama and modern-GPT models.
 
-The cache is `nanugpt.models.gpt.KVCache` (keys/values per layer, written at `start_pos`), the
-same decode API as the GPT model: `model.new_kv_cache(batch_size)`, then
-`model(idx, kv_cache=cache, start_pos=...)` for the prefill and for each new token.
+One decode API for every model (gpt, llama, gpt_modern; hf wraps transformers' own cache):
+`cache = model.new_kv_cache(batch_size)`, then `model(idx, kv_cache=cache, start_pos=...)` for the
+prefill and for each new token, and `model.logits(hidden)`; nanugpt.sampling.generate uses only
+these. `KVCache` holds keys/values per layer, written at `start_pos`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,26 @@ import torch
 import torch.nn.functional as F
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: Any = None, layer: int = 0, start_pos: int = 0) -> torch.Tensor:
+class KVCache:
+    """Keys and values of every layer for incremental decoding: (n_layer, B, n_kv_head, max_len, head_dim)."""
+
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int, device: torch.device, dtype: torch.dtype) -> None:
+        shape = (n_layer, batch_size, n_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+    def update(self, layer: int, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, n_kv_head, T, head_dim) at positions start_pos.. and return all keys
+        and values up to the last one stored."""
+        end = start_pos + k.size(2)
+        self.k[layer, :, :, start_pos:end] = k
+        self.v[layer, :, :, start_pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: KVCache | Any = None, layer: int = 0, start_pos: int = 0, dropout_p: float = 0.0
+) -> torch.Tensor:
     """q: (B, n_head, T, hd); k, v: (B, n_kv_head, T, hd), already rotated to positions
     start_pos.. With a cache, k and v are stored and attention covers every cached position."""
     T = q.size(2)
@@ -28,4 +48,4 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache
     if k.size(1) != q.size(1):  # grouped-query attention: each kv head serves a group of query heads
         k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
         v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout_p)

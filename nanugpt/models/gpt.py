@@ -4,8 +4,8 @@ Token + learned position embeddings, pre-LayerNorm blocks, causal self-attention
 F.scaled_dot_product_attention (flash/efficient kernels where the device has them), GELU MLP,
 and an output head tied to the token embedding.
 
-Decode API (what `nanugpt.sampling.generate` needs from any model; llama-style models can
-implement the same three things):
+Decode API (shared by every model, see nanugpt/models/attention.py; all that
+`nanugpt.sampling.generate` needs):
 
     cache = model.new_kv_cache(batch_size)            # empty KVCache, one slot per layer
     h = model(idx, kv_cache=cache, start_pos=0)       # prefill: (B, T) prompt, fills cache[0:T]
@@ -26,24 +26,8 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-
-class KVCache:
-    """Keys and values of every layer for incremental decoding: (n_layer, B, n_head, max_len, head_dim)."""
-
-    def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int, device: torch.device, dtype: torch.dtype) -> None:
-        shape = (n_layer, batch_size, n_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-
-    def update(self, layer: int, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, n_head, T, head_dim) at positions start_pos.. and return all keys and
-        values up to the last one stored."""
-        end = start_pos + k.size(2)
-        self.k[layer, :, :, start_pos:end] = k
-        self.v[layer, :, :, start_pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+from nanugpt.models.attention import KVCache, causal_attention
 
 
 class CausalSelfAttention(nn.Module):
@@ -63,17 +47,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        mask, causal = None, True
-        if kv_cache is not None:
-            k, v = kv_cache.update(self.layer_idx, start_pos, k, v)
-            if T == 1:  # one new token sees every cached one
-                causal = False
-            elif start_pos > 0:  # a chunk after cached tokens: query i sees keys 0..start_pos+i
-                mask = torch.ones(T, start_pos + T, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
-                causal = False
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
-        )
+        y = causal_attention(q, k, v, kv_cache, self.layer_idx, start_pos, dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 

@@ -13,13 +13,12 @@ changes that made it train fastest per token.
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanugpt.models.attention import causal_attention
+from nanugpt.models.attention import KVCache, causal_attention
 from nanugpt.models.rope import Rotary
 
 
@@ -38,7 +37,7 @@ class Attention(nn.Module):
         self.c_proj = nn.Linear(n_embd, n_embd, bias=False)
         self.rotary = rotary
 
-    def forward(self, x: torch.Tensor, kv_cache: Any = None, start_pos: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
         q, k = self.rotary(rms_norm(q), start_pos), self.rotary(rms_norm(k), start_pos)  # QK-norm, then rotate
@@ -62,7 +61,7 @@ class Block(nn.Module):
         self.attn = Attention(n_embd, n_head, rotary, layer_idx)
         self.mlp = MLP(n_embd)
 
-    def forward(self, x: torch.Tensor, kv_cache: Any = None, start_pos: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
         x = x + self.attn(rms_norm(x), kv_cache, start_pos)
         return x + self.mlp(rms_norm(x))
 
@@ -104,13 +103,11 @@ class GPTModern(nn.Module):
         """Training FLOPs per token: 6N for the matmuls plus the attention term (PaLM, app. B)."""
         return 6 * self.num_params(non_embedding=True) + 12 * self.n_layer * self.n_embd * self.context_length
 
-    def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> Any:
-        from nanugpt.models.gpt import KVCache
-
+    def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
         weight = self.lm_head.weight
         return KVCache(self.n_layer, batch_size, self.n_head, self.context_length, self.n_embd // self.n_head, weight.device, dtype or weight.dtype)
 
-    def forward(self, idx: torch.Tensor, kv_cache: Any = None, start_pos: int = 0) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
         """Token ids (B, T) at positions start_pos.. -> final hidden states (B, T, n_embd); the
         head lives in `logits`. With `kv_cache`, keys/values are stored and reused."""
         if start_pos + idx.size(1) > self.context_length:

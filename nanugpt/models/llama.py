@@ -9,13 +9,12 @@ untied from the embedding unless `tie_embeddings=true`.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanugpt.models.attention import causal_attention
+from nanugpt.models.attention import KVCache, causal_attention
 from nanugpt.models.rope import Rotary
 
 
@@ -43,7 +42,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(n_head * self.head_dim, n_embd, bias=False)
         self.rotary = rotary
 
-    def forward(self, x: torch.Tensor, kv_cache: Any = None, start_pos: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
@@ -72,7 +71,7 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(n_embd, eps=norm_eps)
         self.mlp = SwiGLU(n_embd, hidden)
 
-    def forward(self, x: torch.Tensor, kv_cache: Any = None, start_pos: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), kv_cache, start_pos)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -131,13 +130,11 @@ class Llama(nn.Module):
             n += self.lm_head.weight.numel()  # the tied head still does its matmul
         return 6 * n + 12 * self.n_layer * self.n_embd * self.context_length
 
-    def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> Any:
-        from nanugpt.models.gpt import KVCache
-
+    def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
         weight = self.lm_head.weight  # only n_kv_head heads are cached: GQA's memory saving
         return KVCache(self.n_layer, batch_size, self.n_kv_head, self.context_length, self.n_embd // self.n_head, weight.device, dtype or weight.dtype)
 
-    def forward(self, idx: torch.Tensor, kv_cache: Any = None, start_pos: int = 0) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
         """Token ids (B, T) at positions start_pos.. -> final hidden states (B, T, n_embd); the
         head lives in `logits`. With `kv_cache`, keys/values are stored and reused."""
         if start_pos + idx.size(1) > self.context_length:
