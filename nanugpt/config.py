@@ -26,6 +26,7 @@ class TrainingConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda
     threads: Optional[int] = None  # torch intra-op threads; null keeps torch's default
+    skip_nonfinite: bool = False  # a NaN/inf loss skips that optimizer step instead of stopping the run
 
 
 @dataclass
@@ -33,6 +34,7 @@ class EvalConfig:
     every: int = 100  # evaluate (and checkpoint) every this many steps, and at the last step
     iters: int = 20  # val batches per evaluation; the same batches every time
     checkpoint: str = "best_and_last"  # best_and_last | last | none
+    keep_last: int = 2  # step-numbered checkpoints kept besides last.pt/best.pt (hard links, no extra disk)
 
 
 @dataclass

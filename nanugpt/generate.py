@@ -16,8 +16,9 @@ import torch.nn as nn
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from nanugpt.checkpoint import clean_state_dict, load_checkpoint
+from nanugpt.checkpoint import load_checkpoint, load_model_state
 from nanugpt.dist import resolve_device
+from nanugpt.errors import CheckpointError, ConfigError, UserError, report_user_errors
 from nanugpt.sampling import generate
 from nanugpt.tokenizers.base import Tokenizer, restore_tokenizer_state
 from nanugpt.utils import CONF_DIR
@@ -35,28 +36,44 @@ def untrusted_targets(node: Any) -> list[str]:
     return []
 
 
-def build_from_checkpoint(ckpt: dict[str, Any], device: torch.device, trust: bool = False) -> tuple[nn.Module, Tokenizer]:
-    config = ckpt["config"]
+class UntrustedCheckpointError(UserError, PermissionError):
+    """The checkpoint's config names code outside nanugpt."""
+
+
+def build_from_checkpoint(ckpt: dict[str, Any], device: torch.device, trust: bool = False, source: Path | str = "the checkpoint") -> tuple[nn.Module, Tokenizer]:
+    config = ckpt.get("config") if isinstance(ckpt, dict) else None
+    if not isinstance(config, dict) or not all(isinstance(config.get(k), dict) for k in ("model", "tokenizer")) or "model" not in ckpt:
+        raise CheckpointError(f"{source} is not a nanugpt training checkpoint (it has no saved model config and weights); pass a .pt file that nanugpt.train wrote.")
     parts = {"model": config["model"], "tokenizer": config["tokenizer"]}
     bad = untrusted_targets(parts)
     if bad and not trust:
-        raise PermissionError(
+        raise UntrustedCheckpointError(
             f"The checkpoint's config names code outside nanugpt ({', '.join(bad)}); refusing to "
             "instantiate it. If you trust where this checkpoint came from, pass trust_checkpoint=true."
         )
     model = instantiate(OmegaConf.create(parts["model"]))
-    model.load_state_dict(clean_state_dict(ckpt["model"]))
+    load_model_state(model, ckpt["model"], Path(source), parts["model"], parts["model"])
     tokenizer = instantiate(OmegaConf.create(parts["tokenizer"]))
     restore_tokenizer_state(tokenizer, ckpt.get("data_meta") or {})  # a char vocab or trained BPE
     return model.to(device).eval(), tokenizer
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str, context_length: int) -> list[int]:
-    ids = [int(i) for i in tokenizer.encode(prompt)]
+    try:
+        ids = [int(i) for i in tokenizer.encode(prompt)]
+    except Exception as err:
+        raise ConfigError(
+            f"The {getattr(tokenizer, 'name', type(tokenizer).__name__)} tokenizer cannot encode prompt={prompt!r} "
+            f"({type(err).__name__}: {err}); use only characters from the training text, or a model trained "
+            "with a tokenizer that covers them (e.g. tokenizer=byte)."
+        ) from None
+    vocab_size = getattr(tokenizer, "vocab_size", None)
+    if vocab_size is not None and any(not 0 <= i < vocab_size for i in ids):
+        raise ConfigError(f"The tokenizer encoded prompt={prompt!r} to ids outside its vocab of {vocab_size}; use only characters from the training text.")
     if not ids:
-        raise ValueError("prompt is empty after tokenization; pass a non-empty prompt, e.g. 'prompt=\"def \"'.")
+        raise ConfigError("prompt is empty after tokenization; pass a non-empty prompt, e.g. 'prompt=\"def \"'.")
     if len(ids) > context_length:
-        raise ValueError(
+        raise ConfigError(
             f"The prompt is {len(ids)} tokens, longer than the model's context of {context_length}; "
             "shorten it (the model only sees its last context_length tokens)."
         )
@@ -98,10 +115,11 @@ def generate_texts(model: nn.Module, tokenizer: Tokenizer, prompts: list[str], c
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
+@report_user_errors
 def main(cfg: DictConfig) -> list[str]:
     device = resolve_device(cfg.device, 0)
     ckpt = load_checkpoint(Path(cfg.ckpt), map_location=device)
-    model, tokenizer = build_from_checkpoint(ckpt, device, cfg.trust_checkpoint)
+    model, tokenizer = build_from_checkpoint(ckpt, device, cfg.trust_checkpoint, source=cfg.ckpt)
     prompts = [str(p) for p in cfg.prompts] if cfg.prompts else [str(cfg.prompt)]
     texts = generate_texts(model, tokenizer, prompts, cfg, device)
     for i, text in enumerate(texts):

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nanugpt.config import register_configs
 from nanugpt.data.prepared import prepare
+from nanugpt.errors import report_user_errors
 from nanugpt.utils import CONF_DIR
 
 log = logging.getLogger("nanugpt.prepare")
@@ -22,6 +23,7 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prepare")
+@report_user_errors
 def main(cfg: DictConfig) -> str:
     data = prepare(
         source=instantiate(cfg.data),

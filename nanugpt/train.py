@@ -23,10 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from nanugpt import dist
-from nanugpt.checkpoint import clean_state_dict, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nanugpt.checkpoint import all_rng_states, clean_state_dict, find_resume_checkpoint, load_model_state, read_log, restore_rng_state, save_checkpoint
 from nanugpt.config import register_configs
 from nanugpt.data.loader import RandomWindowBatches, fixed_eval_batches
 from nanugpt.data.prepared import PreparedData, prepare
+from nanugpt.errors import ConfigError, NonFiniteLossError, report_user_errors
 from nanugpt.metrics import format_duration
 from nanugpt.models.with_loss import ModelWithLoss
 from nanugpt.observe import RunObserver, peak_flops
@@ -41,7 +42,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def grad_accum_steps(global_batch_size: int, device_batch_size: int, world_size: int) -> int:
     per_step = device_batch_size * world_size
     if global_batch_size % per_step != 0:
-        raise ValueError(
+        raise ConfigError(
             f"training.global_batch_size={global_batch_size} is not divisible by "
             f"training.device_batch_size={device_batch_size} x world_size={world_size} = {per_step}. "
             f"Pick a global batch that is a multiple of {per_step} (e.g. {max(per_step, global_batch_size // per_step * per_step)}), "
@@ -54,9 +55,9 @@ def autocast_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     if name not in DTYPES:
-        raise ValueError(f"training.dtype={name} is not one of auto, {', '.join(DTYPES)}.")
+        raise ConfigError(f"training.dtype={name} is not one of auto, {', '.join(DTYPES)}; pick one of those.")
     if name == "float16" and device.type != "cuda":
-        raise ValueError(
+        raise ConfigError(
             "training.dtype=float16 needs a CUDA device (float16 autocast with a grad scaler); on "
             f"{device.type} use training.dtype=float32 or bfloat16."
         )
@@ -91,20 +92,28 @@ def set_vocab_size(cfg: DictConfig, data_vocab_size: int) -> None:
     if cfg.model.get("vocab_size") is None:
         cfg.model.vocab_size = data_vocab_size
     elif cfg.model.vocab_size < data_vocab_size:
-        raise ValueError(
+        raise ConfigError(
             f"model.vocab_size={cfg.model.vocab_size} is smaller than the data's vocab of "
             f"{data_vocab_size} ({cfg.tokenizer.get('_target_')}); drop the override (model.vocab_size=null) "
             "to take it from the data."
         )
 
 
-def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
-    if resume == "never":
-        return None
-    if resume == "auto":
-        last = run_dir / "checkpoints" / "last.pt"
-        return last if last.is_file() else None
-    return Path(resume).expanduser()
+def check_compile_works(device: torch.device) -> None:
+    """torch.compile fails on its first call, deep in codegen, when the machine cannot build
+    kernels; say so before training starts."""
+    if device.type not in ("cpu", "cuda"):
+        return
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception as err:
+        raise ConfigError(
+            f"training.compile=true needs a C++ compiler for torch.compile's generated {device.type} code, "
+            f"and none was found ({type(err).__name__}; tried $CXX or g++). Install one (apt-get install g++, "
+            "or set CXX=/path/to/compiler), or pass training.compile=false."
+        ) from None
 
 
 @torch.no_grad()
@@ -159,6 +168,8 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
     optimizer = instantiate(cfg.optim)(model)
     scheduler = instantiate(cfg.sched)(optimizer)
     scaler = instantiate(cfg.scaler)(info.device.type, float16=amp_dtype == torch.float16)
+    if info.is_distributed:
+        seed_everything(tcfg.seed + info.rank)  # per-rank dropout masks; DDP broadcasts rank 0's init
     n_params = model.num_params()
     log.info(
         "model %s: %s parameters | vocab %d | context %d | global batch %d = %d device x %d ranks x %d accum | %s tokens/step",
@@ -168,20 +179,23 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
 
     # ---- resume: model, optimizer, scheduler, scaler, step, best val, RNGs and data position
     start_step, best_val_loss = 0, math.inf
-    resume_path = find_resume_checkpoint(cfg.resume, run_dir)
-    if resume_path is not None:
-        ckpt = load_checkpoint(resume_path)
-        model.load_state_dict(clean_state_dict(ckpt["model"]))
+    resumed = find_resume_checkpoint(cfg.resume, run_dir)  # auto: the newest one that loads
+    if resumed is not None:
+        resume_path, ckpt = resumed
+        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+        load_model_state(model, ckpt["model"], resume_path, ckpt.get("config", {}).get("model"), model_cfg)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         train_batches.load_state_dict(ckpt["data"])
-        set_rng_state(ckpt["rng"][info.rank] if info.rank < len(ckpt["rng"]) else ckpt["rng"][0])
+        restore_rng_state(ckpt["rng"], info.rank, info.world_size)
         start_step, best_val_loss = ckpt["step"], ckpt["best_val_loss"]
         log.info("Resumed from %s at step %d (best val loss %.4f)", resume_path, start_step, best_val_loss)
+        del ckpt
 
     # ---- wrappers: compile (fuses model + loss), then DDP
     if tcfg.compile:
+        check_compile_works(info.device)
         net = torch.compile(net)
     if info.is_distributed:
         net = DistributedDataParallel(net, device_ids=[info.device.index] if info.device.type == "cuda" else None)
@@ -206,23 +220,25 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
                 _, loss, correct, count = net(x, y)
             scaler.scale(loss / accum).backward()
             totals += torch.stack([loss.detach().double(), correct.double(), count.double()])
+        dist.all_reduce_sum(totals, info)
+        train_loss = totals[0].item() / (accum * info.world_size)
         pre_clip_norm = scaler.unscale_and_clip_(optimizer, model.parameters(), tcfg.grad_clip)  # scaler= group
+        # A NaN/inf loss or gradient would poison the weights: stop before the optimizer step (or
+        # skip it). The fp16 grad scaler skips such steps itself.
+        skipped = not (math.isfinite(train_loss) and math.isfinite(pre_clip_norm.item())) and not scaler.is_enabled()
+        if skipped and not tcfg.skip_nonfinite:
+            raise nonfinite_error(f"the train loss is {train_loss} and the grad norm {pre_clip_norm.item()}", step, ckpt_dir, skippable=True)
+        if skipped:
+            log.warning("Step %d: train loss %s, grad norm %s; skipping its optimizer step (training.skip_nonfinite=true).", step, train_loss, pre_clip_norm.item())
+            optimizer.zero_grad(set_to_none=True)
         lr = optimizer.param_groups[0]["lr"]
-        scaler.step(optimizer)
+        scaler.step(optimizer)  # with zeroed grads (a skipped step) it changes nothing
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         if step == start_step + 1:  # optimizers create their state on the first step
             log.info("optimizer state: %.1f MB", state_bytes(optimizer) / 2**20)
 
-        dist.all_reduce_sum(totals, info)
-        train_loss = totals[0].item() / (accum * info.world_size)
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(
-                f"Train loss is {train_loss} at step {step}; stopping before it reaches a checkpoint. "
-                f"The last good checkpoint is {ckpt_dir / 'last.pt'}. Lower optim.lr, or keep "
-                "training.grad_clip > 0."
-            )
         dt = time.perf_counter() - t0
         if loop_start is None:
             loop_start = time.perf_counter()  # the first step (warm-up, compilation) is not timed
@@ -241,29 +257,34 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
             "run/eta_hr": eta_s / 3600,
             "run/tokens": step * tokens_per_step,
         }
+        if skipped:
+            row["train/skipped_nonfinite"] = 1
 
         is_last = step == tcfg.max_steps
         if step % cfg.eval.every == 0 or is_last:
             row.update(evaluate(net, val_batches, autocast, info))
+            if not math.isfinite(row["val/loss"]):  # the weights themselves are broken: never checkpoint them
+                raise nonfinite_error(f"the val loss is {row['val/loss']}", step, ckpt_dir, skippable=False)
             last_val_loss = row["val/loss"]
             row["val/generalization_gap"] = row["val/loss"] - train_loss
             is_best = row["val/loss"] < best_val_loss
             best_val_loss = min(best_val_loss, row["val/loss"])
             if cfg.eval.checkpoint != "none":
+                rng = all_rng_states()  # every rank's; a collective, so before the master-only save
                 state = {
                     "model": clean_state_dict(model.state_dict()),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),
                     "data": train_batches.state_dict(),
-                    "rng": [rng_state()],
+                    "rng": rng,
                     "step": step,
                     "best_val_loss": best_val_loss,
                     "config": OmegaConf.to_container(cfg, resolve=True),
                     "data_meta": data.meta,
                 }
                 if info.is_master:
-                    save_checkpoint(ckpt_dir, state, step, row["val/loss"], is_best and cfg.eval.checkpoint == "best_and_last")
+                    save_checkpoint(ckpt_dir, state, step, row["val/loss"], is_best and cfg.eval.checkpoint == "best_and_last", cfg.eval.keep_last)
 
         observer.log_step(row, eta_s)  # metrics.jsonl, W&B, progress bar, console line
 
@@ -271,6 +292,22 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
     if info.is_master:
         finish_message(run_dir, ckpt_dir, best_val_loss, last_val_loss, loop_start)
     return best_val_loss
+
+
+def nonfinite_error(what: str, step: int, ckpt_dir: Path, skippable: bool) -> NonFiniteLossError:
+    last = ckpt_dir / "last.pt"
+    saved = read_log(ckpt_dir)
+    kept = (
+        f"the last good checkpoint {last} (step {saved[-1]['step']}) is intact"
+        if last.is_file() and saved
+        else "no checkpoint was written"
+    )
+    return NonFiniteLossError(
+        f"Training stopped at step {step}: {what}. Nothing non-finite was saved: {kept}. Lower optim.lr "
+        "(or lengthen sched.warmup_steps), keep training.grad_clip > 0, and rerun: in the same run dir it "
+        "resumes from that checkpoint, with resume=never it starts over"
+        + (", or pass training.skip_nonfinite=true to skip such steps." if skippable else ".")
+    )
 
 
 def finish_message(run_dir: Path, ckpt_dir: Path, best_val_loss: float, last_val_loss: float | None, loop_start: float | None) -> None:
@@ -286,6 +323,7 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@report_user_errors
 def main(cfg: DictConfig) -> float:
     return train(cfg, Path(HydraConfig.get().runtime.output_dir))
 

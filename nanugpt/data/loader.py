@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from nanugpt.errors import ConfigError
+
 
 def windows_to_batch(tokens: np.ndarray, offsets: torch.Tensor, context_length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     rows = np.stack([tokens[i : i + context_length + 1] for i in offsets.tolist()]).astype(np.int64)
@@ -23,7 +25,7 @@ def windows_to_batch(tokens: np.ndarray, offsets: torch.Tensor, context_length: 
 
 def check_enough_tokens(tokens: np.ndarray, context_length: int, split: str) -> None:
     if len(tokens) < context_length + 2:
-        raise ValueError(
+        raise ConfigError(
             f"The {split} split has {len(tokens):,} tokens, fewer than one context window of "
             f"{context_length} + 1: use more text, a smaller model.context_length, or a different "
             "data.val_fraction."

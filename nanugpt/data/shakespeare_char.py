@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 
 from nanugpt.data.source import TextSource
+from nanugpt.errors import ConfigError, MissingInputError, UnavailableInputError
 from nanugpt.utils import atomic_write_bytes
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -38,7 +39,7 @@ class TinyShakespeare(TextSource):
     def _checked(self, data: bytes, origin: str) -> bytes:
         digest = sha256_of(data)
         if digest != self.sha256:
-            raise ValueError(
+            raise ConfigError(
                 f"{origin} has sha256 {digest}, not the expected {self.sha256} of tinyshakespeare "
                 f"({len(data):,} bytes; the real file has 1,115,394). Pass the canonical file with "
                 "data.local_path=..., or train on your own text with data=text data.path=..."
@@ -50,7 +51,7 @@ class TinyShakespeare(TextSource):
             with urllib.request.urlopen(self.url, timeout=self.timeout_s) as response:
                 data = response.read()
         except (urllib.error.URLError, TimeoutError, OSError) as err:
-            raise RuntimeError(
+            raise UnavailableInputError(
                 f"Could not download tinyshakespeare from {self.url} ({err}). If this machine is "
                 "offline, pass a local copy: data.local_path=/path/to/tinyshakespeare.txt (it is "
                 f"checked against sha256 {self.sha256}), or copy it to {self.cache_path}."
@@ -62,7 +63,7 @@ class TinyShakespeare(TextSource):
     def read_text(self) -> str:
         if self.local_path is not None:
             if not self.local_path.is_file():
-                raise FileNotFoundError(
+                raise MissingInputError(
                     f"data.local_path={self.local_path} does not exist; pass the path of a local "
                     "tinyshakespeare.txt, or drop data.local_path to download it."
                 )

@@ -35,6 +35,8 @@ class TokenSource(Protocol):
         """Token ids of one shard; shards of a split concatenate in index order."""
         ...
 
+from nanugpt.errors import ConfigError
+
 
 class TextSource:
     """Base class for corpora that fit in memory as one string.
@@ -48,7 +50,7 @@ class TextSource:
 
     def __init__(self, val_fraction: float = 0.1) -> None:
         if not 0.0 < val_fraction < 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"data.val_fraction={val_fraction} must lie strictly between 0 and 1 "
                 "(e.g. data.val_fraction=0.1 holds out the last 10% for validation)."
             )

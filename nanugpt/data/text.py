@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nanugpt.data.source import TextSource
+from nanugpt.errors import ConfigError, MissingInputError
 
 
 class TextFiles(TextSource):
@@ -13,7 +14,7 @@ class TextFiles(TextSource):
     def __init__(self, path: str | None, val_fraction: float = 0.1, glob: str = "**/*") -> None:
         super().__init__(val_fraction)
         if not path:
-            raise ValueError(
+            raise ConfigError(
                 "data=text needs a path: pass data.path=/path/to/file.txt or data.path=/path/to/dir."
             )
         self.path = Path(path).expanduser()
@@ -26,16 +27,16 @@ class TextFiles(TextSource):
             files = sorted(p for p in self.path.glob(self.glob) if p.is_file())
             if files:
                 return files
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"data.path={self.path} is a directory with no files matching data.glob={self.glob!r}; "
                 "point data.path at a text file or a directory that holds some."
             )
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"data.path={self.path} does not exist; pass data.path=/path/to/file.txt or a directory."
         )
 
     def read_text(self) -> str:
         text = "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in self.files())
         if not text.strip():
-            raise ValueError(f"data.path={self.path} holds no text; point it at a non-empty file.")
+            raise MissingInputError(f"data.path={self.path} holds no text; point it at a non-empty file.")
         return text

@@ -29,13 +29,15 @@ import torch.nn as nn
 
 from nanugpt.models.attention import KVCache, causal_attention
 
+from nanugpt.errors import ConfigError
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, bias: bool, dropout: float, layer_idx: int = 0) -> None:
         super().__init__()
         self.layer_idx = layer_idx  # which slot of a KVCache is ours
         if n_embd % n_head != 0:
-            raise ValueError(f"model.n_embd={n_embd} must be divisible by model.n_head={n_head}.")
+            raise ConfigError(f"model.n_embd={n_embd} is not divisible by model.n_head={n_head}; pick a head count that divides it (e.g. model.n_head={next(h for h in range(n_head, 0, -1) if n_embd % h == 0)}).")
         self.n_head = n_head
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)

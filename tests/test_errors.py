@@ -1,0 +1,186 @@
+"""Bad input ends in one paragraph that names the bad value and the fix, not a traceback.
+
+Most cases run the real CLI as a user would and check the exit code, the message on stderr, and
+that no Python traceback is printed (Hydra's one line about HYDRA_FULL_ERROR is allowed). A few
+call `train()` in-process to save CI time: they check the UserError's message, which the CLIs
+print the same way (`nanugpt.errors.report_user_errors`, proven by the CLI cases).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nanugpt.checkpoint import load_checkpoint
+from nanugpt.errors import ConfigError, UserError, find_user_error
+from nanugpt.generate import encode_prompt
+from nanugpt.metrics import read_metrics
+from nanugpt.train import train
+
+from .conftest import REPO, TINY, compose_train, run_cli
+
+SMALL = [*TINY, "training.max_steps=4", "eval.every=2", "eval.iters=2"]
+
+
+def fails_cleanly(module: str, *args: str, cwd: Path, env: dict | None = None) -> str:
+    """Run a CLI that must fail; return its stderr after checking it is a clean message."""
+    proc = run_cli(module, *args, cwd=cwd, env=env, check=False)
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    return " ".join(proc.stderr.split())  # messages wrap nowhere, but compare whitespace-insensitively
+
+
+def train_fails(tmp_path: Path, *overrides: str, env: dict | None = None) -> str:
+    base = [o for o in SMALL if not o.startswith("data.")] if "data=text" in overrides else SMALL
+    return fails_cleanly("nanugpt.train", *base, *overrides, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env)
+
+
+def train_error(tmp_path: Path, *overrides: str) -> str:
+    """In-process: the UserError train() raises (possibly wrapped by hydra's instantiate)."""
+    base = [o for o in SMALL if not o.startswith("data.")] if "data=text" in overrides else SMALL
+    with pytest.raises(Exception) as raised:
+        train(compose_train([*base, *overrides]), tmp_path / "run")
+    err = find_user_error(raised.value)
+    assert isinstance(err, UserError), raised.value
+    return str(err)
+
+
+def test_config_key_typo(tmp_path):
+    err = train_fails(tmp_path, "training.max_stpes=5")
+    assert "Key 'max_stpes' not in 'TrainingConfig'" in err
+
+
+def test_config_group_option_typo(tmp_path):
+    err = train_fails(tmp_path, "model=gpt_tiyn")
+    assert "Could not find 'model/gpt_tiyn'" in err and "gpt_tiny" in err  # lists the real options
+
+
+def test_global_batch_not_divisible(tmp_path):
+    err = train_error(tmp_path, "training.global_batch_size=12")
+    assert "training.global_batch_size=12 is not divisible by training.device_batch_size=8 x world_size=1" in err
+    assert "multiple of 8" in err
+
+
+def test_data_path_missing(tmp_path):
+    err = train_fails(tmp_path, "data=text", f"data.path={tmp_path / 'nope.txt'}")
+    assert f"data.path={tmp_path / 'nope.txt'} does not exist" in err
+
+
+def test_data_path_empty(tmp_path):
+    (tmp_path / "empty.txt").write_text("  \n")
+    err = train_error(tmp_path, "data=text", f"data.path={tmp_path / 'empty.txt'}")
+    assert "holds no text" in err and "empty.txt" in err
+
+
+def test_corpus_smaller_than_a_context_window(tmp_path):
+    (tmp_path / "tiny.txt").write_text("x" * 200)  # 180 train / 20 val bytes; context is 32
+    err = train_error(tmp_path, "data=text", f"data.path={tmp_path / 'tiny.txt'}")
+    assert "The val split has 20 tokens, fewer than one context window of 32" in err
+    assert "model.context_length" in err
+
+
+def test_float16_on_cpu(tmp_path):
+    err = train_error(tmp_path, "training.dtype=float16", "training.device=cpu")
+    assert "training.dtype=float16 needs a CUDA device" in err and "bfloat16" in err
+
+
+def test_compile_without_a_compiler(tmp_path):
+    # CXX names a compiler that does not exist: torch.compile's codegen could not build anything.
+    err = train_fails(tmp_path, "training.compile=true", env={"CXX": str(tmp_path / "no-such-c++")})
+    assert "training.compile=true needs a C++ compiler" in err and "training.compile=false" in err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("tiny_run")
+    run_cli("nanugpt.train", *SMALL, f"hydra.run.dir={tmp / 'run'}", cwd=tmp)
+    return tmp / "run"
+
+
+def test_checkpoint_shape_mismatch_on_resume(tiny_run, tmp_path):
+    # Same run dir (resume=auto) but a wider model: name both shapes and the fix.
+    err = fails_cleanly("nanugpt.train", *SMALL, "model.n_embd=64", f"hydra.run.dir={tiny_run}", cwd=tmp_path)
+    assert f"Checkpoint {tiny_run}/checkpoints/last.pt holds a different model than the config builds" in err
+    assert "model.n_embd=32 (config: 64)" in err
+    assert "transformer.wte.weight: checkpoint (256, 32) vs config (256, 64)" in err
+    assert "resume=never" in err
+
+
+def test_checkpoint_vocab_mismatch_on_resume(tiny_run):
+    with pytest.raises(UserError) as raised:
+        train(compose_train([*SMALL, "model.vocab_size=300"]), tiny_run)
+    err = str(raised.value)
+    assert "model.vocab_size=256 (config: 300)" in err and "checkpoint (256, 32) vs config (300, 32)" in err
+
+
+def test_generate_missing_checkpoint(tmp_path):
+    err = fails_cleanly("nanugpt.generate", f"ckpt={tmp_path / 'nope.pt'}", cwd=tmp_path)
+    assert f"Checkpoint {tmp_path / 'nope.pt'} does not exist" in err
+
+
+class CharTokenizer:
+    """A real (tiny) character tokenizer that, like any char vocab, cannot encode unseen characters."""
+
+    name = "char"
+
+    def __init__(self, chars: str) -> None:
+        self.stoi = {c: i for i, c in enumerate(chars)}
+        self.vocab_size = len(chars)
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.array([self.stoi[c] for c in text], dtype=np.int64)
+
+    def decode(self, ids) -> str:
+        return "".join(list(self.stoi)[int(i)] for i in ids)
+
+
+def test_generate_prompt_the_tokenizer_cannot_encode():
+    tokenizer = CharTokenizer("abc ")
+    assert encode_prompt(tokenizer, "ab c", 8) == [0, 1, 3, 2]
+    with pytest.raises(ConfigError, match=r"The char tokenizer cannot encode prompt='abz' \(KeyError: 'z'\)"):
+        encode_prompt(tokenizer, "abz", 8)
+    with pytest.raises(ConfigError, match="prompt is empty"):
+        encode_prompt(tokenizer, "", 8)
+
+
+# lr=100 without clipping: losses grow for 4 steps, then the grad norm at step 5 is inf.
+EXPLODE = ["optim.lr=100", "sched.warmup_steps=0", "training.grad_clip=0", "training.max_steps=10", "eval.every=2"]
+
+
+def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    err = train_fails(tmp_path, *EXPLODE)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    assert f"Training stopped at step 5: the train loss is" in err and "grad norm inf" in err
+    assert f"the last good checkpoint {ckpt_dir / 'last.pt'} (step 4) is intact" in err
+    assert "training.skip_nonfinite=true" in err
+    ckpt = load_checkpoint(ckpt_dir / "last.pt")
+    assert ckpt["step"] == 4 and all(torch.isfinite(t).all() for t in ckpt["model"].values())
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_skip_nonfinite_skips_the_bad_steps_and_finishes(tmp_path):
+    run_dir = tmp_path / "run"
+    out = run_cli("nanugpt.train", *SMALL, *EXPLODE, "training.skip_nonfinite=true", f"hydra.run.dir={run_dir}", cwd=tmp_path).stdout
+    assert "Step 5: train loss" in out and "skipping its optimizer step" in out
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 11))
+    assert [r["step"] for r in rows if r.get("train/skipped_nonfinite")] == list(range(5, 11))
+    # Skipped steps leave the weights alone: every later eval sees the step-4 weights exactly.
+    val = {r["step"]: r["val/loss"] for r in rows if "val/loss" in r}
+    assert val[6] == val[8] == val[10] == val[4] and math.isfinite(val[4])
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 10 and all(torch.isfinite(t).all() for t in ckpt["model"].values())
+
+
+def test_repo_has_no_pickle_or_eval_of_user_files():
+    """Security: checkpoints load with weights_only=True, and nothing unpickles or evals input."""
+    sources = {p: p.read_text() for p in (REPO / "nanugpt").rglob("*.py")}
+    for path, text in sources.items():
+        assert "pickle.load" not in text and "eval(" not in text.replace("_eval(", "").replace(".eval(", ""), path
+        for line in text.splitlines():
+            if "torch.load(" in line:
+                assert "weights_only=True" in line, f"{path}: {line.strip()}"
