@@ -140,6 +140,8 @@ def save_checkpoint(ckpt_dir: Path, state: dict[str, Any], step: int, val_loss: 
     """Write `step_<step>.pt`, point last.pt (and best.pt when `is_best`) at it, log it, and
     delete step files beyond the newest `keep_last`. Returns the step file."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ckpt_dir.glob(".*.tmp"):  # left by a save that was killed; only rank 0 saves
+        stale.unlink(missing_ok=True)
     path = ckpt_dir / step_file_name(step)
     try:
         atomic_write(path, lambda f: torch.save(state, f))
@@ -147,7 +149,10 @@ def save_checkpoint(ckpt_dir: Path, state: dict[str, Any], step: int, val_loss: 
         if is_best:
             _link(path, ckpt_dir / "best.pt")
         fsync_dir(ckpt_dir)
-    except OSError as err:
+    except (OSError, RuntimeError) as failure:
+        err = _os_error(failure)  # torch.save's zip writer re-raises ENOSPC as a RuntimeError
+        if err is None:
+            raise
         good = ckpt_dir / "last.pt"
         kept = f"The previous checkpoint {good} is intact." if good.is_file() else "No earlier checkpoint exists."
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -172,6 +177,12 @@ def save_checkpoint(ckpt_dir: Path, state: dict[str, Any], step: int, val_loss: 
     for name in doomed:
         (ckpt_dir / name).unlink(missing_ok=True)
     return path
+
+
+def _os_error(err: BaseException | None) -> OSError | None:
+    while err is not None and not isinstance(err, OSError):
+        err = err.__cause__ or err.__context__
+    return err
 
 
 def read_log(ckpt_dir: Path) -> list[dict[str, Any]]:

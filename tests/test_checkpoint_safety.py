@@ -1,0 +1,179 @@
+"""Crash-safe checkpoints: keep-last-K, SIGKILL during saves, corrupt files, a full disk."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanugpt import checkpoint as ckpt_mod
+from nanugpt.checkpoint import find_resume_checkpoint, load_checkpoint, read_log, save_checkpoint
+from nanugpt.errors import CheckpointError
+from nanugpt.metrics import read_metrics
+
+from .conftest import REPO, TINY, run_cli
+from .test_resume import kill_tree
+
+CKPT_FILES = {"last.pt", "best.pt", "checkpoint_log.yaml"}
+
+
+def fake_state(step: int) -> dict:
+    return {"step": step, "model": {"w": torch.full((4,), float(step))}}
+
+
+def assert_log_names_only_existing_files(ckpt_dir: Path) -> None:
+    for entry in read_log(ckpt_dir):
+        assert (ckpt_dir / entry["path"]).is_file(), entry
+
+
+def test_keep_last_k_plus_best(tmp_path):
+    val = {1: 3.0, 2: 2.0, 3: 2.5, 4: 2.6, 5: 2.7}  # best at step 2, older than every kept file
+    best = float("inf")
+    for step, loss in val.items():
+        save_checkpoint(tmp_path, fake_state(step), step, loss, is_best=loss < best, keep_last=2)
+        best = min(best, loss)
+        assert_log_names_only_existing_files(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == CKPT_FILES | {"step_0000004.pt", "step_0000005.pt"}
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 5
+    assert load_checkpoint(tmp_path / "best.pt")["step"] == 2  # survives the deletion of step_0000002.pt
+    assert os.path.samefile(tmp_path / "last.pt", tmp_path / "step_0000005.pt")  # a link, no extra disk
+    assert [e["path"] for e in read_log(tmp_path) if e["path"].startswith("step_")] == ["step_0000004.pt", "step_0000005.pt"]
+
+    save_checkpoint(tmp_path, fake_state(6), 6, 2.8, is_best=False, keep_last=0)  # keep no step files
+    assert {p.name for p in tmp_path.iterdir()} == CKPT_FILES
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 6  # the only good one is never deleted
+
+
+@pytest.fixture
+def two_checkpoints(tmp_path) -> Path:
+    """A real 4-step CLI run with checkpoints at steps 2 and 4."""
+    run_dir = tmp_path / "run"
+    run_cli("nanugpt.train", *TINY, "training.max_steps=4", "eval.every=2", "eval.iters=2", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    return run_dir
+
+
+def test_corrupt_checkpoint_is_named_with_the_newest_good_one(two_checkpoints, tmp_path):
+    ckpt_dir = two_checkpoints / "checkpoints"
+    last = ckpt_dir / "last.pt"
+    with open(last, "r+b") as f:  # truncate in place: last.pt and step_0000004.pt share these bytes
+        f.truncate(last.stat().st_size // 2)
+
+    with pytest.raises(CheckpointError) as raised:
+        load_checkpoint(last)
+    message = str(raised.value)
+    assert f"Checkpoint {last} could not be loaded" in message and "truncated, corrupt" in message
+    assert f"The newest checkpoint there that loads is {ckpt_dir / 'step_0000002.pt'} (step 2)" in message
+
+    # resume=<path> to the bad file: the same clear error, from the CLI.
+    proc = run_cli("nanugpt.train", *TINY, "training.max_steps=6", "eval.every=2", "eval.iters=2", f"resume={last}", f"hydra.run.dir={two_checkpoints}", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"step_0000002.pt (step 2); pass that path instead" in proc.stderr
+
+    # resume=auto (the default): warn and fall back to the newest good checkpoint.
+    out = run_cli("nanugpt.train", *TINY, "training.max_steps=6", "eval.every=2", "eval.iters=2", f"hydra.run.dir={two_checkpoints}", cwd=tmp_path).stdout
+    assert f"Checkpoint {last} could not be loaded" in out and "trying an older one" in out
+    assert f"Resumed from {ckpt_dir / 'step_0000002.pt'} at step 2" in out
+    assert [r["step"] for r in read_metrics(two_checkpoints / "metrics.jsonl")] == list(range(1, 7))
+    assert load_checkpoint(last)["step"] == 6
+
+
+def test_generate_names_a_corrupt_checkpoint(two_checkpoints, tmp_path):
+    bad = two_checkpoints / "checkpoints" / "best.pt"
+    bad.unlink()
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    proc = run_cli("nanugpt.generate", f"ckpt={bad}", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"Checkpoint {bad} could not be loaded" in proc.stderr and "last.pt (step 4); pass that path instead" in proc.stderr
+
+
+def test_no_loadable_checkpoint_under_resume_auto_is_an_error(tmp_path):
+    ckpt_dir = tmp_path / "checkpoints"
+    ckpt_dir.mkdir()
+    (ckpt_dir / "last.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="No checkpoint in .* loads.*resume=never"):
+        find_resume_checkpoint("auto", tmp_path)
+    assert find_resume_checkpoint("auto", tmp_path / "fresh") is None
+    assert find_resume_checkpoint("never", tmp_path) is None
+
+
+@pytest.mark.slow
+def test_sigkill_during_frequent_saves_never_loses_the_newest_good_checkpoint(tmp_path):
+    """Checkpoint every step and SIGKILL the run at random moments, many times: after every kill,
+    the log names only existing files and the newest checkpoint loads; in the end the run,
+    resumed after each kill, matches an uninterrupted one exactly."""
+    overrides = [*TINY, "training.max_steps=40", "eval.every=1", "eval.iters=1", "eval.keep_last=2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run_cli("nanugpt.train", *overrides, f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path)
+
+    run_dir, ckpt_dir = tmp_path / "killed", tmp_path / "killed" / "checkpoints"
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(8):
+        before = read_log(ckpt_dir)[-1]["step"] if read_log(ckpt_dir) else 0
+        proc = subprocess.Popen([sys.executable, "-m", "nanugpt.train", *overrides, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while proc.poll() is None and not (read_log(ckpt_dir) and read_log(ckpt_dir)[-1]["step"] > before):
+            time.sleep(0.002)  # until this process has saved once
+        time.sleep(rng.uniform(0, 0.3))
+        if proc.poll() is not None:
+            break
+        kill_tree(proc)
+        kills += 1
+        assert_log_names_only_existing_files(ckpt_dir)
+        path, state = find_resume_checkpoint("auto", run_dir)
+        assert path == ckpt_dir / "last.pt"  # the newest checkpoint is whole: no fallback needed
+        assert state["step"] == max(e["step"] for e in read_log(ckpt_dir)) > before
+    assert kills >= 3
+    run_cli("nanugpt.train", *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert_log_names_only_existing_files(ckpt_dir)
+    assert not list(ckpt_dir.glob(".*.tmp"))  # leftovers of killed saves are cleaned up
+    ref = [(r["step"], r["train/loss"]) for r in read_metrics(tmp_path / "reference" / "metrics.jsonl")]
+    assert [(r["step"], r["train/loss"]) for r in read_metrics(run_dir / "metrics.jsonl")] == ref
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 700 KB filesystem (tmpfs; needs root). Yields None where it cannot be mounted."""
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mount)], capture_output=True).returncode == 0
+    try:
+        yield mount if ok else None
+    finally:
+        if ok:
+            subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(small_disk, tmp_path, monkeypatch):
+    if small_disk is not None:
+        # The real thing: the CLI on a disk with room for one ~430 KB checkpoint but not two.
+        run_dir = small_disk / "run"
+        proc = run_cli("nanugpt.train", *TINY, "training.max_steps=5", "eval.every=1", "eval.iters=1", f"hydra.run.dir={run_dir}", cwd=tmp_path, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        message = " ".join(proc.stderr.split())
+        ckpt_dir = run_dir / "checkpoints"
+        assert f"The disk is full: could not write checkpoint {ckpt_dir / 'step_0000002.pt'} for step 2" in message
+        assert f"The previous checkpoint {ckpt_dir / 'last.pt'} is intact" in message
+    else:
+        # No tmpfs without root: simulate ENOSPC in the file write itself (a mock, said so here).
+        ckpt_dir = tmp_path / "checkpoints"
+        save_checkpoint(ckpt_dir, fake_state(1), 1, 1.0, is_best=True)
+        real_save = torch.save
+
+        def disk_full(obj, f, *args, **kwargs):
+            real_save(obj, f, *args, **kwargs)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(ckpt_mod.torch, "save", disk_full)
+        with pytest.raises(CheckpointError, match="The disk is full.*step 2.*is intact"):
+            save_checkpoint(ckpt_dir, fake_state(2), 2, 0.5, is_best=True)
+    assert load_checkpoint(ckpt_dir / "last.pt")["step"] == 1
+    assert load_checkpoint(ckpt_dir / "best.pt")["step"] == 1
+    assert not (ckpt_dir / "step_0000002.pt").exists() and not list(ckpt_dir.glob(".*.tmp"))
+    assert_log_names_only_existing_files(ckpt_dir)
