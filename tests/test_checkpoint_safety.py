@@ -128,7 +128,9 @@ def test_sigkill_during_frequent_saves_never_loses_the_newest_good_checkpoint(tm
         assert_log_names_only_existing_files(ckpt_dir)
         path, state = find_resume_checkpoint("auto", run_dir)
         assert path == ckpt_dir / "last.pt"  # the newest checkpoint is whole: no fallback needed
-        assert state["step"] == max(e["step"] for e in read_log(ckpt_dir)) > before
+        # The log is rewritten after last.pt moves on, so a kill in between leaves it one save
+        # behind (never ahead): it may miss the newest file, but never names a missing one.
+        assert state["step"] >= max(e["step"] for e in read_log(ckpt_dir)) > before
     assert kills >= 3
     run_cli("nanugpt.train", *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert_log_names_only_existing_files(ckpt_dir)

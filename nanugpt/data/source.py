@@ -13,6 +13,7 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
+from nanugpt.errors import ConfigError
 from nanugpt.tokenizers.base import Tokenizer
 
 TEXT_PIECE_CHARS = 1 << 20
@@ -34,8 +35,6 @@ class TokenSource(Protocol):
     def tokenize_shard(self, tokenizer: Tokenizer, split: str, index: int) -> np.ndarray:
         """Token ids of one shard; shards of a split concatenate in index order."""
         ...
-
-from nanugpt.errors import ConfigError
 
 
 class TextSource:
