@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from nanugpt.utils import atomic_write
+
 
 class MetricsFile:
     """Appends one JSON object per line and flushes, so readers (reports, tests, resumed runs)
@@ -18,7 +20,7 @@ class MetricsFile:
         if truncate_after_step is not None and path.exists():
             # A resumed run redoes the steps after its checkpoint: drop their stale rows.
             kept = [r for r in read_metrics(path) if r.get("step", 0) <= truncate_after_step]
-            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept)), mode="w")  # a kill here loses no rows
         self.file = open(path, "a")
 
     def write(self, row: dict[str, Any]) -> None:

@@ -261,7 +261,8 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
             row["train/skipped_nonfinite"] = 1
 
         is_last = step == tcfg.max_steps
-        if step % cfg.eval.every == 0 or is_last:
+        evaluating = step % cfg.eval.every == 0 or is_last
+        if evaluating:
             row.update(evaluate(net, val_batches, autocast, info))
             if not math.isfinite(row["val/loss"]):  # the weights themselves are broken: never checkpoint them
                 raise nonfinite_error(f"the val loss is {row['val/loss']}", step, ckpt_dir, skippable=False)
@@ -269,24 +270,27 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
             row["val/generalization_gap"] = row["val/loss"] - train_loss
             is_best = row["val/loss"] < best_val_loss
             best_val_loss = min(best_val_loss, row["val/loss"])
-            if cfg.eval.checkpoint != "none":
-                rng = all_rng_states()  # every rank's; a collective, so before the master-only save
-                state = {
-                    "model": clean_state_dict(model.state_dict()),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "data": train_batches.state_dict(),
-                    "rng": rng,
-                    "step": step,
-                    "best_val_loss": best_val_loss,
-                    "config": OmegaConf.to_container(cfg, resolve=True),
-                    "data_meta": data.meta,
-                }
-                if info.is_master:
-                    save_checkpoint(ckpt_dir, state, step, row["val/loss"], is_best and cfg.eval.checkpoint == "best_and_last", cfg.eval.keep_last)
 
+        # The row before the checkpoint: a run killed in between redoes this step and rewrites
+        # its row; the other order would resume after a step whose row was never written.
         observer.log_step(row, eta_s)  # metrics.jsonl, W&B, progress bar, console line
+
+        if evaluating and cfg.eval.checkpoint != "none":
+            rng = all_rng_states()  # every rank's; a collective, so before the master-only save
+            state = {
+                "model": clean_state_dict(model.state_dict()),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "data": train_batches.state_dict(),
+                "rng": rng,
+                "step": step,
+                "best_val_loss": best_val_loss,
+                "config": OmegaConf.to_container(cfg, resolve=True),
+                "data_meta": data.meta,
+            }
+            if info.is_master:
+                save_checkpoint(ckpt_dir, state, step, row["val/loss"], is_best and cfg.eval.checkpoint == "best_and_last", cfg.eval.keep_last)
 
     observer.close()
     if info.is_master:
