@@ -152,15 +152,22 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
     configure_matmul_precision(info.device)
     seed_everything(tcfg.seed)
 
-    # ---- data: tokenized once into a cache keyed by data + tokenizer config
-    data = prepare_data(cfg)
-    set_vocab_size(cfg, data.vocab_size)
+    # ---- data: a text corpus is tokenized once into a cache keyed by data + tokenizer config and
+    # read as random windows; example data (grokking, arithmetic: one row each, answer-only
+    # targets) brings its own batches, and evaluates on its whole val split.
+    source = instantiate(cfg.data)
     context_length = cfg.model.context_length
-    train_batches = RandomWindowBatches(
-        data.train, context_length, tcfg.global_batch_size, tcfg.device_batch_size,
-        info.rank, info.world_size, tcfg.seed, info.device,
-    )  # fmt: skip
-    val_batches = fixed_eval_batches(data.val, context_length, tcfg.device_batch_size, cfg.eval.iters, info.rank, info.world_size, info.device)
+    if hasattr(source, "batches"):
+        data = source.batches(instantiate(cfg.tokenizer), tcfg.global_batch_size, tcfg.device_batch_size, info.rank, info.world_size, tcfg.seed, info.device)
+        train_batches, val_batches = data.train_batches, data.val_batches
+    else:
+        data = prepare_data(cfg)
+        train_batches = RandomWindowBatches(
+            data.train, context_length, tcfg.global_batch_size, tcfg.device_batch_size,
+            info.rank, info.world_size, tcfg.seed, info.device,
+        )  # fmt: skip
+        val_batches = fixed_eval_batches(data.val, context_length, tcfg.device_batch_size, cfg.eval.iters, info.rank, info.world_size, info.device)
+    set_vocab_size(cfg, data.vocab_size)
 
     # ---- model, loss, optimizer, schedule
     model = instantiate(cfg.model)

@@ -1,0 +1,60 @@
+"""Modular arithmetic for grokking (Power et al. 2022): every equation `a ∘ b = c (mod p)`.
+
+`∘` is one of `+ - * /`; division is multiplication by the modular inverse, so it needs a prime
+p and b ≠ 0. The table is split at random (seeded by `seed`, fixed across training seeds) into
+`train_fraction` for training and the rest for validation. Rows are `a ∘ b = c` as 5 tokens; the
+loss scores only `c`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from nanugpt.data.examples import ExampleData, build_example_data, encode_examples, split_indices
+from nanugpt.tokenizers.base import Tokenizer
+from nanugpt.tokenizers.grokking import OPERATORS
+
+
+def is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
+
+
+def modular_table(p: int, op: str) -> list[tuple[int, int, int]]:
+    """Every (a, b, a ∘ b mod p), in order of (a, b)."""
+    if op == "/":
+        return [(a, b, a * pow(b, -1, p) % p) for a in range(p) for b in range(1, p)]
+    apply = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}[op]
+    return [(a, b, apply(a, b) % p) for a in range(p) for b in range(p)]
+
+
+class ModularArithmetic:
+    name = "grokking"
+
+    def __init__(self, p: int = 97, op: str = "/", train_fraction: float = 0.5, seed: int = 0) -> None:
+        if op not in OPERATORS:
+            raise ValueError(f"data.op={op!r} is not one of {', '.join(repr(o) for o in OPERATORS)}; e.g. data.op=/ (quote it in a shell: 'data.op=/').")
+        if p < 2 or (op == "/" and not is_prime(p)):
+            raise ValueError(f"data.p={p} must be a prime for division (b must have an inverse mod p), e.g. 97 or 223.")
+        self.p, self.op, self.train_fraction, self.seed = p, op, train_fraction, seed
+
+    def equations(self) -> tuple[list[str], list[str]]:
+        """Prompts "a ∘ b =" and answers "c" for the whole table."""
+        table = modular_table(self.p, self.op)
+        return [f"{a} {self.op} {b} =" for a, b, _ in table], [str(c) for _, _, c in table]
+
+    def examples(self, tokenizer: Tokenizer) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Train and val (inputs, targets) after the seeded split."""
+        inputs, targets = encode_examples(tokenizer, *self.equations())
+        train, val = split_indices(len(inputs), self.train_fraction, self.seed)
+        return {"train": (inputs[train], targets[train]), "val": (inputs[val], targets[val])}
+
+    def batches(
+        self, tokenizer: Tokenizer, global_batch_size: int, device_batch_size: int, rank: int, world_size: int, seed: int, device: torch.device
+    ) -> ExampleData:
+        if getattr(tokenizer, "p", self.p) != self.p:
+            raise ValueError(f"tokenizer.p={tokenizer.p} differs from data.p={self.p}; drop the override (the grokking tokenizer takes ${{data.p}}).")
+        splits = self.examples(tokenizer)
+        meta: dict[str, Any] = {"source": self.name, "p": self.p, "op": self.op, "train_fraction": self.train_fraction, "split_seed": self.seed}
+        return build_example_data(splits["train"], splits["val"], tokenizer, meta, global_batch_size, device_batch_size, rank, world_size, seed, device)
