@@ -1,0 +1,155 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nanugpt.data.examples import IGNORE_INDEX, ExampleBatches, eval_batches
+from nanugpt.data.grokking import ModularArithmetic, modular_table
+from nanugpt.losses.autoregressive import AutoregressiveLoss
+from nanugpt.losses.grokking import LastTokenLoss
+from nanugpt.models.tiny_transformer import TinyTransformer
+from nanugpt.tokenizers.grokking import GrokkingTokenizer
+from nanugpt.train import train
+
+from .conftest import compose_train
+
+CPU = torch.device("cpu")
+
+
+def test_tokenizer_has_one_token_per_number_and_round_trips():
+    tok = GrokkingTokenizer(97)
+    assert tok.vocab_size == 97 + 5
+    ids = tok.encode("96 / 5 = 0")
+    assert ids.tolist() == [96, 97 + 3, 5, 97 + 4, 0]
+    assert tok.decode(ids) == "96 / 5 = 0"
+    with pytest.raises(ValueError, match=r"'97' .*numbers 0..96"):
+        tok.encode("97 + 1 =")
+
+
+@pytest.mark.parametrize("op", ["+", "-", "*", "/"])
+def test_table_is_the_operation_mod_p(op):
+    p = 13
+    table = modular_table(p, op)
+    assert len(table) == (p * (p - 1) if op == "/" else p * p)
+    for a, b, c in table:
+        assert 0 <= c < p
+        if op == "+":
+            assert (a + b - c) % p == 0
+        elif op == "-":
+            assert (a - b - c) % p == 0
+        elif op == "*":
+            assert (a * b - c) % p == 0
+        else:
+            assert b != 0 and (c * b - a) % p == 0  # c = a / b: the inverse, not integer division
+
+
+def test_split_is_seeded_disjoint_and_covers_the_table():
+    tok = GrokkingTokenizer(11)
+    a, b = ModularArithmetic(11, "/", 0.5, seed=0).examples(tok), ModularArithmetic(11, "/", 0.5, seed=0).examples(tok)
+    other = ModularArithmetic(11, "/", 0.5, seed=1).examples(tok)
+    assert torch.equal(a["train"][0], b["train"][0]) and not torch.equal(a["train"][0], other["train"][0])
+    train = {tuple(r) for r in a["train"][0].tolist()}
+    val = {tuple(r) for r in a["val"][0].tolist()}
+    assert len(train) == 55 and len(val) == 55 and not train & val  # 11 * 10 equations, half each
+    assert {tok.decode(r) for r in train | val} == {f"{x} / {y} =" for x, y, _ in modular_table(11, "/")}
+
+
+def test_rows_score_only_the_answer():
+    tok = GrokkingTokenizer(7)
+    x, y = ModularArithmetic(7, "-", 0.5).examples(tok)["train"]
+    assert x.shape[1] == 4 and y.shape == x.shape
+    assert (y[:, :-1] == IGNORE_INDEX).all()
+    for row, target in zip(x.tolist(), y[:, -1].tolist()):
+        a, op, b, eq = tok.decode(row).split()
+        assert (op, eq) == ("-", "=") and (int(a) - int(b)) % 7 == target
+
+
+def test_last_token_loss_reads_only_the_last_position():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(6, 4, 12), torch.randint(0, 12, (6, 4))
+    loss, correct, count = LastTokenLoss()(logits, targets)
+    assert loss == pytest.approx(F.cross_entropy(logits[:, -1], targets[:, -1]).item())
+    assert count == 6 and correct == (logits[:, -1].argmax(-1) == targets[:, -1]).sum()
+    changed = logits.clone()
+    changed[:, :-1] += 100 * torch.randn(6, 3, 12)
+    assert LastTokenLoss()(changed, targets)[0] == loss
+    masked = targets.clone()
+    masked[:, :-1] = IGNORE_INDEX  # on the data's masked targets it agrees with the general loss
+    assert AutoregressiveLoss()(logits, masked)[0].item() == pytest.approx(loss.item())
+
+
+def test_example_batches_split_ranks_cover_epochs_and_resume_exactly():
+    inputs = torch.arange(40).view(20, 2)
+    targets = inputs + 100
+    single = ExampleBatches(inputs, targets, 8, 4, 0, 1, seed=3, device=CPU)
+    ranks = [ExampleBatches(inputs, targets, 8, 2, r, 2, seed=3, device=CPU) for r in range(2)]
+    for _ in range(5):  # 40 rows drawn: two whole epochs of 20
+        one = torch.cat([x for x, _ in single.next_step()])
+        both = torch.cat([x for rank in ranks for x, _ in rank.next_step()])
+        assert sorted(one[:, 0].tolist()) == sorted(both[:, 0].tolist())
+    epoch = ExampleBatches(inputs, targets, 4, 4, 0, 1, seed=0, device=CPU)
+    rows = torch.cat([epoch.next_step()[0][0] for _ in range(5)])
+    assert sorted(rows[:, 0].tolist()) == list(range(0, 40, 2))  # each row once per epoch
+    x, y = epoch.next_step()[0]
+    assert torch.equal(y, x + 100)
+    state = json.loads(json.dumps({k: v.tolist() for k, v in epoch.state_dict().items()}))  # survives a copy
+    expected = [epoch.next_step()[0][0] for _ in range(7)]
+    epoch.load_state_dict({k: torch.tensor(v, dtype=torch.uint8 if k == "generator" else torch.long) for k, v in state.items()})
+    assert all(torch.equal(a, epoch.next_step()[0][0]) for a in expected)
+
+
+def test_eval_batches_hold_the_whole_split_across_ranks():
+    inputs = torch.arange(50).view(25, 2)
+    whole = torch.cat([x for x, _ in eval_batches(inputs, inputs, 4, 0, 1, CPU)])
+    assert torch.equal(whole, inputs)
+    parts = [x for r in range(3) for x, _ in eval_batches(inputs, inputs, 4, r, 3, CPU)]
+    assert sorted(torch.cat(parts)[:, 0].tolist()) == inputs[:, 0].tolist()
+
+
+def test_tiny_transformer_is_causal_and_reports_its_size():
+    model = TinyTransformer(vocab_size=20, context_length=6, n_layer=2, n_head=4, n_embd=32)
+    idx = torch.randint(0, 20, (3, 6))
+    out = model.logits(model(idx))
+    assert out.shape == (3, 6, 20)
+    changed = idx.clone()
+    changed[:, -1] = (changed[:, -1] + 1) % 20
+    assert torch.allclose(model.logits(model(changed))[:, :-1], out[:, :-1], atol=1e-6)  # no peeking ahead
+    assert model.num_params() == sum(p.numel() for p in model.parameters())
+    assert model.flops_per_token() > 6 * model.num_params(non_embedding=True)
+    with pytest.raises(ValueError, match="context_length=6"):
+        model(torch.zeros(1, 7, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [({"p": 91, "op": "/"}, "data.p=91 must be a prime"), ({"op": "%"}, "data.op='%'"), ({"train_fraction": 1.0}, "train_fraction=1.0")],
+)
+def test_bad_settings_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ModularArithmetic(**kwargs).examples(GrokkingTokenizer(kwargs.get("p", 97)))
+
+
+def test_experiment_composes_the_paper_setup():
+    cfg = compose_train(["experiment=grokking"])
+    assert (cfg.data.p, cfg.data.op, cfg.data.train_fraction, cfg.tokenizer.p) == (97, "/", 0.5, 97)
+    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head) == (2, 128, 4)
+    assert (cfg.optim.lr, list(cfg.optim.betas), cfg.training.global_batch_size) == (1e-3, [0.9, 0.98], 512)
+    assert compose_train(["experiment=grokking", "data.p=223"]).tokenizer.p == 223
+
+
+def test_small_modular_addition_memorises_then_generalises(tmp_path):
+    """Through the real training loop: train accuracy reaches 100% (memorisation) and val
+    accuracy on held-out equations rises far above chance (1/23), which fails if the split, the
+    tokens or the scored position were wrong."""
+    cfg = compose_train(
+        ["experiment=grokking", "data.p=23", "data.op=+", "data.train_fraction=0.8", "optim.lr=3e-3", "model.n_embd=64",
+         "training.global_batch_size=64", "training.device_batch_size=64", "training.max_steps=300",
+         "eval.every=50", "eval.checkpoint=none"]  # fmt: skip
+    )
+    train(cfg, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "val/acc" in r]
+    assert rows[0]["train/loss"] == pytest.approx(torch.log(torch.tensor(28.0)).item(), abs=0.5)  # starts at chance
+    assert max(r["train/acc"] for r in rows) == 1.0
+    assert evals[0]["val/acc"] < 0.2 and evals[-1]["val/acc"] > 0.5
