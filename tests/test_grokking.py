@@ -153,3 +153,10 @@ def test_small_modular_addition_memorises_then_generalises(tmp_path):
     assert rows[0]["train/loss"] == pytest.approx(torch.log(torch.tensor(28.0)).item(), abs=0.5)  # starts at chance
     assert max(r["train/acc"] for r in rows) == 1.0
     assert evals[0]["val/acc"] < 0.2 and evals[-1]["val/acc"] > 0.5
+
+
+@pytest.mark.parametrize("name,op,p,wd", [("grokking_add", "+", 97, 1.0), ("grokking_sub", "-", 97, 1.0), ("grokking_mul", "*", 97, 1.0), ("grokking_p223", "/", 223, 1.0), ("grokking_wd0", "/", 97, 0.0)])
+def test_variants_change_only_their_setting(name, op, p, wd):
+    cfg = compose_train([f"experiment={name}"])
+    assert (cfg.data.op, cfg.data.p, cfg.tokenizer.p, cfg.optim.weight_decay) == (op, p, p, wd)
+    assert cfg.training.global_batch_size == 512 and cfg.model._target_.endswith("TinyTransformer")
