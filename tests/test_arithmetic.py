@@ -73,7 +73,7 @@ def test_two_digit_addition_learns_through_the_training_loop(tmp_path):
     """Answer-only loss through the real loop: the loss falls from chance over 256 bytes and
     some whole held-out sums come out exactly right."""
     cfg = compose_train(
-        ["experiment=arithmetic", "data.n_digits=2", "data.num_examples=4000", "model.n_embd=64", "optim.lr=3e-3",
+        ["experiment=arithmetic", "data.n_digits=2", "data.num_examples=3000", "model.n_embd=64", "optim.lr=3e-3",
          "training.global_batch_size=128", "training.device_batch_size=128", "training.max_steps=200",
          "eval.every=100", "eval.checkpoint=none"]  # fmt: skip
     )
