@@ -9,6 +9,7 @@ from nanugpt.data.grokking import ModularArithmetic, modular_table
 from nanugpt.losses.autoregressive import AutoregressiveLoss
 from nanugpt.losses.grokking import LastTokenLoss
 from nanugpt.models.tiny_transformer import TinyTransformer
+from nanugpt.sampling import generate
 from nanugpt.tokenizers.grokking import GrokkingTokenizer
 from nanugpt.train import train
 
@@ -119,6 +120,13 @@ def test_tiny_transformer_is_causal_and_reports_its_size():
     assert model.flops_per_token() > 6 * model.num_params(non_embedding=True)
     with pytest.raises(ValueError, match="context_length=6"):
         model(torch.zeros(1, 7, dtype=torch.long))
+    with torch.no_grad():  # larger weights than init, so greedy decoding does not repeat one token
+        for p in model.parameters():
+            p.mul_(6.0 if p.dim() >= 2 else 1.0)
+    prompt = torch.tensor([[1, 2, 3], [7, 8, 9]])
+    cached = generate(model, prompt, 20, temperature=0, use_cache=True)  # the shared decode API
+    assert torch.equal(cached, generate(model, prompt, 20, temperature=0, use_cache=False))
+    assert len(set(cached[0, 3:].tolist())) > 2
 
 
 @pytest.mark.parametrize(
