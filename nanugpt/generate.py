@@ -7,12 +7,14 @@ nanugpt's own `_target_`s are instantiated unless `trust_checkpoint=true`.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
 import torch.nn as nn
+import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,17 +25,29 @@ from nanugpt.sampling import generate
 from nanugpt.tokenizers.base import Tokenizer, restore_tokenizer_state
 from nanugpt.utils import CONF_DIR
 
-ALLOWED_TARGET_PREFIX = "nanugpt."
+
+def _targets(node: Any) -> list[str]:
+    """Every `_target_` in a config tree (hydra instantiates nested ones too)."""
+    if isinstance(node, dict):
+        own = [str(node["_target_"])] if "_target_" in node else []
+        return own + [t for v in node.values() for t in _targets(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in _targets(v)]
+    return []
+
+
+@functools.cache
+def allowed_targets() -> frozenset[str]:
+    """The `_target_`s of nanugpt's own model and tokenizer configs (conf/model, conf/tokenizer):
+    the only code a checkpoint may make `generate` run. An exact list, not a `nanugpt.` prefix:
+    hydra resolves `nanugpt.utils.os.system` to os.system."""
+    conf = Path(CONF_DIR)
+    return frozenset(t for group in ("model", "tokenizer") for path in sorted((conf / group).glob("*.yaml")) for t in _targets(yaml.safe_load(path.read_text())))
 
 
 def untrusted_targets(node: Any) -> list[str]:
-    """Every `_target_` in a config tree that does not name nanugpt's own code."""
-    if isinstance(node, dict):
-        found = [str(node["_target_"])] if "_target_" in node and not str(node["_target_"]).startswith(ALLOWED_TARGET_PREFIX) else []
-        return found + [t for v in node.values() for t in untrusted_targets(v)]
-    if isinstance(node, list):
-        return [t for v in node for t in untrusted_targets(v)]
-    return []
+    """Every `_target_` in a config tree that is not on nanugpt's allowlist."""
+    return [t for t in _targets(node) if t not in allowed_targets()]
 
 
 class UntrustedCheckpointError(UserError, PermissionError):
@@ -48,8 +62,9 @@ def build_from_checkpoint(ckpt: dict[str, Any], device: torch.device, trust: boo
     bad = untrusted_targets(parts)
     if bad and not trust:
         raise UntrustedCheckpointError(
-            f"The checkpoint's config names code outside nanugpt ({', '.join(bad)}); refusing to "
-            "instantiate it. If you trust where this checkpoint came from, pass trust_checkpoint=true."
+            f"The config in {source} names code that is not one of nanugpt's own models or tokenizers "
+            f"({', '.join(bad)}); refusing to instantiate it, since a checkpoint is untrusted input. If you "
+            "trust where this checkpoint came from, pass trust_checkpoint=true."
         )
     model = instantiate(OmegaConf.create(parts["model"]))
     load_model_state(model, ckpt["model"], Path(source), parts["model"], parts["model"])

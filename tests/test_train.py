@@ -64,7 +64,7 @@ def test_save_load_round_trip_gives_identical_logits(trained_run):
 def test_checkpoint_with_foreign_target_is_refused(trained_run):
     ckpt = load_checkpoint(trained_run / "checkpoints" / "last.pt")
     ckpt["config"]["model"]["_target_"] = "os.system"
-    assert untrusted_targets(ckpt["config"]) == ["os.system"]
+    assert untrusted_targets(ckpt["config"]["model"]) == ["os.system"]
     with pytest.raises(PermissionError, match="trust_checkpoint=true"):
         build_from_checkpoint(ckpt, torch.device("cpu"))
 
