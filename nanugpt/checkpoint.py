@@ -17,6 +17,7 @@ to run code. So everything saved is tensors and plain Python containers.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -24,7 +25,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -143,40 +144,55 @@ def save_checkpoint(ckpt_dir: Path, state: dict[str, Any], step: int, val_loss: 
     for stale in ckpt_dir.glob(".*.tmp"):  # left by a save that was killed; only rank 0 saves
         stale.unlink(missing_ok=True)
     path = ckpt_dir / step_file_name(step)
-    try:
+    with _save_errors(ckpt_dir, path, step):
         atomic_write(path, lambda f: torch.save(state, f))
         _link(path, ckpt_dir / "last.pt")
         if is_best:
             _link(path, ckpt_dir / "best.pt")
         fsync_dir(ckpt_dir)
+
+        step_files = _step_files(ckpt_dir)
+        doomed = {p.name for _, p in step_files[: max(len(step_files) - keep_last, 0)]}
+        entries = [e for e in read_log(ckpt_dir) if e.get("path") not in doomed and (ckpt_dir / str(e.get("path"))).is_file()]
+        if path.name not in doomed:
+            entries.append({"step": step, "path": path.name, "val_loss": val_loss})
+        entries.append({"step": step, "path": "last.pt", "val_loss": val_loss})
+        if is_best:
+            entries.append({"step": step, "path": "best.pt", "val_loss": val_loss})
+        # The log first, then the deletions: a crash in between leaves stray files, never a log
+        # that names a missing one. last.pt and best.pt are their own links and survive deletion.
+        atomic_write(ckpt_dir / LOG_NAME, lambda f: yaml.safe_dump(entries, f, sort_keys=False), mode="w")
+        for name in doomed:
+            (ckpt_dir / name).unlink(missing_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _save_errors(ckpt_dir: Path, path: Path, step: int) -> Iterator[None]:
+    """An OSError while saving (a full disk, a file size limit) becomes one paragraph. The temp
+    files are gone by then (atomic_write removes its own), and last.pt is whole: the old one, or
+    the new one when only the log could not be written."""
+    try:
+        yield
     except (OSError, RuntimeError) as failure:
-        err = _os_error(failure)  # torch.save's zip writer re-raises ENOSPC as a RuntimeError
+        err = _os_error(failure)  # torch.save's zip writer re-raises a failed write as a RuntimeError
         if err is None:
             raise
         good = ckpt_dir / "last.pt"
-        kept = f"The previous checkpoint {good} is intact." if good.is_file() else "No earlier checkpoint exists."
+        kept = f"The last checkpoint {good} is intact." if good.is_file() else "No earlier checkpoint exists."
+        rerun = "then rerun the same command: it resumes from the last checkpoint."
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise CheckpointError(
                 f"The disk is full: could not write checkpoint {path} for step {step} ({err.strerror}). {kept} "
-                "Free space on that disk (or lower eval.keep_last, or point hydra.run.dir elsewhere), then "
-                "rerun the same command: it resumes from the last checkpoint."
+                f"Free space on that disk (or lower eval.keep_last, or point hydra.run.dir elsewhere), {rerun}"
             ) from err
-        raise CheckpointError(f"Could not write checkpoint {path} for step {step} ({err}). {kept} Fix the cause, then rerun the same command to resume.") from err
-
-    step_files = _step_files(ckpt_dir)
-    doomed = {p.name for _, p in step_files[: max(len(step_files) - keep_last, 0)]}
-    entries = [e for e in read_log(ckpt_dir) if e.get("path") not in doomed and (ckpt_dir / str(e.get("path"))).is_file()]
-    if path.name not in doomed:
-        entries.append({"step": step, "path": path.name, "val_loss": val_loss})
-    entries.append({"step": step, "path": "last.pt", "val_loss": val_loss})
-    if is_best:
-        entries.append({"step": step, "path": "best.pt", "val_loss": val_loss})
-    # The log first, then the deletions: a crash in between leaves stray files, never a log
-    # that names a missing one. last.pt and best.pt are their own links and survive deletion.
-    atomic_write(ckpt_dir / LOG_NAME, lambda f: yaml.safe_dump(entries, f, sort_keys=False), mode="w")
-    for name in doomed:
-        (ckpt_dir / name).unlink(missing_ok=True)
-    return path
+        if err.errno == errno.EFBIG:
+            raise CheckpointError(
+                f"Checkpoint {path} for step {step} is larger than this process may write ({err.strerror}: the "
+                f"file size limit, `ulimit -f`, or the filesystem's largest file). {kept} Raise the limit "
+                f"(ulimit -f unlimited) or point hydra.run.dir at another filesystem, {rerun}"
+            ) from err
+        raise CheckpointError(f"Could not write checkpoint {path} for step {step} ({err}). {kept} Fix the cause, {rerun}") from err
 
 
 def _os_error(err: BaseException | None) -> OSError | None:

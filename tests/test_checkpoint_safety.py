@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import subprocess
@@ -13,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanugpt import checkpoint as ckpt_mod
-from nanugpt.checkpoint import find_resume_checkpoint, load_checkpoint, read_log, save_checkpoint
+from nanugpt.checkpoint import find_resume_checkpoint, load_checkpoint, read_log, save_checkpoint, step_file_name
 from nanugpt.errors import CheckpointError
 from nanugpt.metrics import read_metrics
 
@@ -141,41 +139,60 @@ def test_sigkill_during_frequent_saves_never_loses_the_newest_good_checkpoint(tm
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real 700 KB filesystem (tmpfs; needs root). Yields None where it cannot be mounted."""
+    """A real 700 KB filesystem (tmpfs; needs root and a kernel that lets us mount)."""
     mount = tmp_path / "small_disk"
     mount.mkdir()
-    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mount)], capture_output=True).returncode == 0
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mount)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip() or proc.returncode}); "
+                    "test_file_size_limit_while_saving_keeps_the_last_checkpoint covers a real failed write")  # fmt: skip
     try:
-        yield mount if ok else None
+        yield mount
     finally:
-        if ok:
-            subprocess.run(["umount", str(mount)], check=True)
+        subprocess.run(["umount", str(mount)], check=True)
 
 
-def test_disk_full_while_saving_keeps_the_previous_checkpoint(small_disk, tmp_path, monkeypatch):
-    if small_disk is not None:
-        # The real thing: the CLI on a disk with room for one ~430 KB checkpoint but not two.
-        run_dir = small_disk / "run"
-        proc = run_cli("nanugpt.train", *TINY, "training.max_steps=5", "eval.every=1", "eval.iters=1", f"hydra.run.dir={run_dir}", cwd=tmp_path, check=False)
-        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-        message = " ".join(proc.stderr.split())
-        ckpt_dir = run_dir / "checkpoints"
-        assert f"The disk is full: could not write checkpoint {ckpt_dir / 'step_0000002.pt'} for step 2" in message
-        assert f"The previous checkpoint {ckpt_dir / 'last.pt'} is intact" in message
-    else:
-        # No tmpfs without root: simulate ENOSPC in the file write itself (a mock, said so here).
-        ckpt_dir = tmp_path / "checkpoints"
-        save_checkpoint(ckpt_dir, fake_state(1), 1, 1.0, is_best=True)
-        real_save = torch.save
-
-        def disk_full(obj, f, *args, **kwargs):
-            real_save(obj, f, *args, **kwargs)
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-        monkeypatch.setattr(ckpt_mod.torch, "save", disk_full)
-        with pytest.raises(CheckpointError, match="The disk is full.*step 2.*is intact"):
-            save_checkpoint(ckpt_dir, fake_state(2), 2, 0.5, is_best=True)
-    assert load_checkpoint(ckpt_dir / "last.pt")["step"] == 1
-    assert load_checkpoint(ckpt_dir / "best.pt")["step"] == 1
-    assert not (ckpt_dir / "step_0000002.pt").exists() and not list(ckpt_dir.glob(".*.tmp"))
+def assert_previous_checkpoint_survives(ckpt_dir: Path, step: int) -> None:
+    assert load_checkpoint(ckpt_dir / "last.pt")["step"] == step
+    assert load_checkpoint(ckpt_dir / "best.pt")["step"] == step
+    assert not (ckpt_dir / step_file_name(step + 1)).exists() and not list(ckpt_dir.glob(".*.tmp"))
     assert_log_names_only_existing_files(ckpt_dir)
+    assert [e["step"] for e in read_log(ckpt_dir)] == [step] * 3
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(small_disk, tmp_path):
+    """The real thing: the training CLI on a disk with room for one ~430 KB checkpoint, not two."""
+    run_dir = small_disk / "run"
+    proc = run_cli("nanugpt.train", *TINY, "training.max_steps=5", "eval.every=1", "eval.iters=1", f"hydra.run.dir={run_dir}", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    message = " ".join(proc.stderr.split())
+    ckpt_dir = run_dir / "checkpoints"
+    assert f"The disk is full: could not write checkpoint {ckpt_dir / 'step_0000002.pt'} for step 2 (No space left on device)" in message
+    assert f"The last checkpoint {ckpt_dir / 'last.pt'} is intact" in message and "Free space on that disk" in message
+    assert_previous_checkpoint_survives(ckpt_dir, 1)
+
+
+def test_file_size_limit_while_saving_keeps_the_last_checkpoint(tmp_path):
+    """A real failed write that needs no root: under RLIMIT_FSIZE the kernel refuses to grow a file
+    past the limit (`ulimit -f`): write() fails with EFBIG (CPython ignores SIGXFSZ, which would
+    otherwise kill the process). A 16 KB checkpoint fits under the 1 MB limit, the next, 2 MB, does not."""
+    script = f"""
+import resource, signal, torch
+from pathlib import Path
+from nanugpt.checkpoint import save_checkpoint
+from nanugpt.errors import CheckpointError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # CPython's default; explicit here
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+ckpt_dir = Path({str(tmp_path / "checkpoints")!r})
+save_checkpoint(ckpt_dir, {{"step": 1, "model": {{"w": torch.zeros(1 << 12)}}}}, 1, 1.0, is_best=True)
+try:
+    save_checkpoint(ckpt_dir, {{"step": 2, "model": {{"w": torch.zeros(1 << 19)}}}}, 2, 0.5, is_best=True)
+except CheckpointError as err:
+    print(err)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    ckpt_dir = tmp_path / "checkpoints"
+    assert f"Checkpoint {ckpt_dir / 'step_0000002.pt'} for step 2 is larger than this process may write (File too large" in proc.stdout
+    assert f"The last checkpoint {ckpt_dir / 'last.pt'} is intact" in proc.stdout and "ulimit -f" in proc.stdout
+    assert_previous_checkpoint_survives(ckpt_dir, 1)
