@@ -22,21 +22,23 @@ import torch
 
 from nanugpt.checkpoint import load_checkpoint, read_log
 from nanugpt.metrics import read_metrics
+from nanugpt.observe import RUN_ID_FILE
 
 from .conftest import REPO, TINY
+from .test_wandb import history, offline_runs, records
 
 MAX_STEPS = 16
 KILL_AFTER = 5
 BASE = [*TINY, f"training.max_steps={MAX_STEPS}", "eval.every=2", "eval.iters=2", "model.dropout=0.1"]
 
 
-def launch(cmd: list[str], run_dir: Path, overrides: list[str], log_name: str) -> subprocess.Popen:
+def launch(cmd: list[str], run_dir: Path, overrides: list[str], log_name: str, env: dict | None = None) -> subprocess.Popen:
     """Start a training process (its output to a log file beside the run dir)."""
     log_file = open(run_dir.parent / f"{run_dir.name}-{log_name}.log", "w")
     return subprocess.Popen(
         [*cmd, *overrides, f"hydra.run.dir={run_dir}"],
         cwd=run_dir.parent,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
         stdout=log_file,
         stderr=subprocess.STDOUT,
     )
@@ -91,19 +93,20 @@ def train_losses(run_dir: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["train/loss"]) for r in read_metrics(run_dir / "metrics.jsonl")]
 
 
-def check_kill_and_resume_is_bit_identical(tmp_path: Path, cmd: list[str], overrides: list[str]) -> None:
+def check_kill_and_resume_is_bit_identical(tmp_path: Path, cmd: list[str], overrides: list[str], env: dict | None = None) -> int:
+    """Returns the step the resumed run continued from."""
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    ref = launch(cmd, reference, overrides, "reference")
+    ref = launch(cmd, reference, overrides, "reference", env)
     finish(ref, "reference")
 
-    killed = launch(cmd, resumed, overrides, "killed")
+    killed = launch(cmd, resumed, overrides, "killed", env)
     kill_after_step(killed, resumed, KILL_AFTER)
     ckpt_step = load_checkpoint(resumed / "checkpoints" / "last.pt")["step"]
     assert KILL_AFTER - 2 <= ckpt_step < MAX_STEPS  # really stopped mid-run
     for entry in read_log(resumed / "checkpoints"):
         assert (resumed / "checkpoints" / entry["path"]).is_file()
 
-    finish(launch(cmd, resumed, overrides, "resume"), "resume")
+    finish(launch(cmd, resumed, overrides, "resume", env), "resume")
     assert f"Resumed from {resumed}/checkpoints/last.pt at step {ckpt_step}" in (tmp_path / "resumed-resume.log").read_text()
 
     ref_losses, got_losses = train_losses(reference), train_losses(resumed)
@@ -114,12 +117,24 @@ def check_kill_and_resume_is_bit_identical(tmp_path: Path, cmd: list[str], overr
     for name, tensor in ref_ckpt["model"].items():
         assert torch.equal(tensor, got_ckpt["model"][name]), name
     assert got_ckpt["best_val_loss"] == ref_ckpt["best_val_loss"]
+    return ckpt_step
 
 
-@pytest.mark.parametrize("device_batch_size", [8, 4], ids=["accum1", "accum2"])
-def test_sigkill_and_resume_is_bit_identical(tmp_path, device_batch_size):
-    overrides = [*BASE, f"training.device_batch_size={device_batch_size}"]
-    check_kill_and_resume_is_bit_identical(tmp_path, [sys.executable, "-m", "nanugpt.train"], overrides)
+def test_sigkill_and_resume_is_bit_identical(tmp_path):
+    check_kill_and_resume_is_bit_identical(tmp_path, [sys.executable, "-m", "nanugpt.train"], BASE)
+
+
+def test_sigkill_and_resume_with_grad_accum_continues_the_same_wandb_run(tmp_path):
+    """Gradient accumulation 2, and W&B offline (real wandb): the resumed run logs into the run
+    the killed one started (same id, kept in <run dir>/wandb_run_id), from the checkpoint's step."""
+    wandb_dir = tmp_path / "wandb_dir"
+    overrides = [*BASE, "training.device_batch_size=4", "logging.wandb.mode=offline"]
+    env = {"WANDB_DIR": str(wandb_dir), "WANDB_SILENT": "true"}
+    ckpt_step = check_kill_and_resume_is_bit_identical(tmp_path, [sys.executable, "-m", "nanugpt.train"], overrides, env)
+    run_id = (tmp_path / "resumed" / RUN_ID_FILE).read_text().strip()
+    files = [p for p in offline_runs(wandb_dir) if p.name == f"run-{run_id}.wandb"]
+    assert len(files) == 2  # the killed run's and the resumed run's, one W&B run id
+    assert sorted(history(records(files[-1]))) == list(range(ckpt_step + 1, MAX_STEPS + 1))
 
 
 @pytest.mark.slow
