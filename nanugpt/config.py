@@ -27,6 +27,7 @@ class TrainingConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: Optional[int] = None  # torch intra-op threads; null keeps torch's default
     skip_nonfinite: bool = False  # a NaN/inf loss skips that optimizer step instead of stopping the run
+    zero1: bool = False  # DDP only: shard optimizer state across ranks (ZeroRedundancyOptimizer)
 
 
 @dataclass

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
+log = logging.getLogger("nanugpt.dist")
 
 
 @dataclass(frozen=True)
@@ -37,10 +42,12 @@ def _submitit_env() -> tuple[int, int, int] | None:
     except RuntimeError:
         return None
     if env.num_tasks > 1:
-        # Rank 0's host is the rendezvous; the port is derived from the job id so that
-        # concurrent sweep jobs on one node do not collide.
+        # Rank 0's host is the rendezvous; the port is derived from the job's own id
+        # (SLURM_JOB_ID differs per array task, unlike submitit's "<array id>_<index>"; local
+        # jobs use their pid), so that the jobs of one sweep sharing a node do not collide.
+        job_id = os.environ.get("SLURM_JOB_ID") or "".join(c for c in str(env.job_id) if c.isdigit()) or "0"
         os.environ.setdefault("MASTER_ADDR", env.hostnames[0])
-        os.environ.setdefault("MASTER_PORT", str(20000 + int(str(env.job_id).split("_")[0]) % 20000))
+        os.environ.setdefault("MASTER_PORT", str(20000 + int(job_id) % 20000))
     return env.global_rank, env.local_rank, env.num_tasks
 
 
@@ -83,6 +90,26 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def broadcast_object(obj: T, info: DistInfo) -> T:
+    """Rank 0's `obj` on every rank (picklable objects)."""
+    if not info.is_distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shutdown(failed: bool = False) -> None:
+    """Leave the process group. After an error on this rank, do not wait for the others in a
+    collective goodbye (they may be blocked in an all-reduce this rank never joins): abort
+    instead, so this process exits at once and its peers' pending collectives fail with a
+    connection error rather than hang until the timeout."""
+    if not dist.is_initialized():
+        return
+    if failed:
+        try:
+            dist.distributed_c10d._abort_process_group()
+        except Exception:  # older torch or a backend without abort: exiting closes the sockets anyway
+            pass
+        return
+    dist.destroy_process_group()

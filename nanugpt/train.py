@@ -8,9 +8,11 @@ to sample from what was trained. Setup details live in small modules this file c
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import shlex
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel
 
 from nanugpt import dist
@@ -132,19 +135,35 @@ def evaluate(net: torch.nn.Module, batches: list, autocast: Any, info: dist.Dist
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
     info = dist.init_distributed(cfg.training.device)
+    failed = True
     try:
-        return _train(cfg, run_dir, info)
+        run_dir = use_master_run_dir(run_dir, info)
+        best = _train(cfg, run_dir, info)
+        failed = False
+        return best
     except BaseException as e:
         log.error("Run failed: %s: %s", type(e).__name__, e)  # the line `nanugpt.report` reads as failed
         raise
     finally:
-        dist.shutdown()
+        dist.shutdown(failed=failed)  # an error on one rank must not leave the others hanging
+
+
+def use_master_run_dir(run_dir: Path, info: dist.DistInfo) -> Path:
+    """Under torchrun every rank composes its own config, and `${now:...}` in hydra.run.dir can
+    resolve a second apart: all ranks use rank 0's run dir (for resume=auto too), and a rank's
+    own dir, if different, is removed when Hydra's files are all it holds."""
+    master_dir = Path(dist.broadcast_object(str(run_dir), info))
+    if master_dir != run_dir and {p.name for p in run_dir.iterdir()} <= {".hydra", "log.txt"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return master_dir
 
 
 def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
     tcfg = cfg.training
-    if not info.is_master:
-        logging.getLogger().setLevel(logging.WARNING)  # only rank 0 talks
+    if not info.is_master:  # only rank 0 talks; warnings and errors of any rank still show
+        root = logging.getLogger()
+        for logger_or_handler in (root, *root.handlers):  # handlers too: other loggers propagate to them
+            logger_or_handler.setLevel(logging.WARNING)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     accum = grad_accum_steps(tcfg.global_batch_size, tcfg.device_batch_size, info.world_size)
@@ -173,6 +192,8 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
     model = instantiate(cfg.model)
     net = ModelWithLoss(model, instantiate(cfg.loss)).to(info.device)
     optimizer = instantiate(cfg.optim)(model)
+    if tcfg.zero1 and info.is_distributed:
+        optimizer = shard_optimizer_state(optimizer)
     scheduler = instantiate(cfg.sched)(optimizer)
     scaler = instantiate(cfg.scaler)(info.device.type, float16=amp_dtype == torch.float16)
     if info.is_distributed:
@@ -286,7 +307,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
             rng = all_rng_states()  # every rank's; a collective, so before the master-only save
             state = {
                 "model": clean_state_dict(model.state_dict()),
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer_state(optimizer, info),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
                 "data": train_batches.state_dict(),
@@ -319,6 +340,23 @@ def nonfinite_error(what: str, step: int, ckpt_dir: Path, skippable: bool) -> No
         "resumes from that checkpoint, with resume=never it starts over"
         + (", or pass training.skip_nonfinite=true to skip such steps." if skippable else ".")
     )
+
+
+def shard_optimizer_state(optimizer: torch.optim.Optimizer) -> ZeroRedundancyOptimizer:
+    """ZeRO-1: the same optimizer, its state (e.g. Adam's moments) split across ranks. Each rank
+    steps its shard and broadcasts the updated parameters, so training matches plain DDP."""
+    cls = type(optimizer)
+    accepted = inspect.signature(cls).parameters  # defaults may hold keys __init__ does not take
+    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    return ZeroRedundancyOptimizer([dict(g) for g in optimizer.param_groups], optimizer_class=cls, **defaults)
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer, info: dist.DistInfo) -> dict[str, Any]:
+    """The full optimizer state on rank 0 ({} elsewhere). With ZeRO-1 a collective: every rank
+    sends its shard to rank 0."""
+    if isinstance(optimizer, ZeroRedundancyOptimizer):
+        optimizer.consolidate_state_dict(to=0)
+    return optimizer.state_dict() if info.is_master else {}
 
 
 def finish_message(run_dir: Path, ckpt_dir: Path, best_val_loss: float, last_val_loss: float | None, loop_start: float | None) -> None:

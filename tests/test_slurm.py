@@ -1,0 +1,153 @@
+"""Real Slurm: a one-node cluster on localhost (launch/slurm/local_cluster.sh), driven through
+hydra-submitit-launcher exactly as users do (`python -m nanugpt.train -m hydra/launcher=slurm`).
+No mocks. `.ci/run` installs slurm-wlm + munge and starts the cluster before pytest; locally the
+tests start it themselves when they run as root, and skip only when Slurm is not installed and
+this is not CI (CI=true makes a missing Slurm a failure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from nanugpt.checkpoint import read_log
+from nanugpt.metrics import read_metrics
+
+from .conftest import REPO, TINY
+
+CLUSTER = REPO / "launch" / "slurm" / "local_cluster.sh"
+DEFAULT_CONF = Path(os.environ.get("NANUGPT_SLURM_DIR", "/tmp/nanugpt-slurm")) / "slurm.conf"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Each job: 2 tasks of 1 CPU forming a 2-rank gloo group; 8 sequences = 2 per rank x 2 ranks x 2 accum.
+SLURM_TINY = [o for o in TINY if not o.startswith("training.device_batch_size")] + [
+    "training.device_batch_size=2",
+    "training.device=cpu",
+    "hydra/launcher=slurm",
+    "hydra.launcher.tasks_per_node=2",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.timeout_min=10",
+]
+
+
+def slurm_cmd(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=60, check=check)
+
+
+@pytest.fixture(scope="module")
+def slurm() -> dict[str, str]:
+    """Environment for talking to a running local cluster (starting it if needed and allowed)."""
+    if shutil.which("sbatch") is None:
+        if IN_CI:
+            pytest.fail("CI=true but Slurm is not installed: .ci/run should have run launch/slurm/local_cluster.sh start")
+        pytest.skip("Slurm not installed (no sbatch). To run these tests: sudo launch/slurm/local_cluster.sh start")
+    if "SLURM_CONF" not in os.environ and DEFAULT_CONF.is_file():
+        os.environ["SLURM_CONF"] = str(DEFAULT_CONF)
+    if subprocess.run(["sinfo", "-h"], capture_output=True, timeout=30).returncode != 0:
+        if os.geteuid() != 0:
+            pytest.fail("Slurm is installed but no cluster answers; start one: sudo launch/slurm/local_cluster.sh start")
+        subprocess.run([str(CLUSTER), "start"], check=True, timeout=600)
+        os.environ["SLURM_CONF"] = str(DEFAULT_CONF)
+    return {"SLURM_CONF": os.environ.get("SLURM_CONF", "")}
+
+
+def sweep(sweep_dir: Path, *overrides: str, slurm_env: dict[str, str], wait: bool = True) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nanugpt.train", "-m", *SLURM_TINY, *overrides, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=sweep_dir.parent,
+        env={**os.environ, **slurm_env, "PYTHONPATH": str(REPO), "NANUGPT_DATA": str(sweep_dir.parent / "data")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    if wait:
+        finish(proc)
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"sweep did not finish in {timeout} s:\n{out[-4000:]}")
+    assert proc.returncode == 0, f"sweep failed ({proc.returncode}):\n{out[-6000:]}"
+    return out
+
+
+def job_outputs(sweep_dir: Path) -> str:
+    return "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in sorted(sweep_dir.glob(".submitit/*/*log.*")))
+
+
+@pytest.mark.slow
+def test_slurm_sweep_two_jobs_each_a_two_rank_ddp_group(slurm, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    steps = 10
+    proc = sweep(sweep_dir, f"training.max_steps={steps}", "eval.every=5", "optim.lr=1e-3,3e-3", slurm_env=slurm, wait=False)
+    out = finish(proc)
+    for job, lr in (("0", 1e-3), ("1", 3e-3)):
+        job_dir = sweep_dir / job
+        assert job_dir.is_dir(), f"no job dir {job_dir}:\n{out[-3000:]}\n{job_outputs(sweep_dir)}"
+        # trained as one 2-rank DDP group: the banner counts ranks, and Slurm ran two tasks
+        log = (job_dir / "log.txt").read_text()
+        assert "global batch 8 = 2 device x 2 ranks x 2 accum" in log, log
+        task_logs = {p.name.split("_")[-2] for p in sweep_dir.glob(f".submitit/*_{job}/*_log.out")}
+        assert task_logs == {"0", "1"}, job_outputs(sweep_dir)
+        # its own sweep point, all steps, checkpoints
+        overrides = (job_dir / ".hydra" / "overrides.yaml").read_text()
+        assert f"optim.lr={lr}" in overrides
+        assert [r["step"] for r in read_metrics(job_dir / "metrics.jsonl")] == list(range(1, steps + 1))
+        assert [e["step"] for e in read_log(job_dir / "checkpoints") if e["path"] == "last.pt"] == [5, 10]
+        assert (job_dir / "checkpoints" / "last.pt").is_file()
+    # final metrics collected in the sweep dir
+    summary = [json.loads(line) for line in (sweep_dir / "summary.jsonl").read_text().splitlines()]
+    assert [s["job"] for s in summary] == ["0", "1"]
+    for s, lr in zip(summary, (1e-3, 3e-3)):
+        assert f"optim.lr={lr}" in s["overrides"] and s["step"] == steps
+        assert s["val/loss"] == read_metrics(sweep_dir / s["job"] / "metrics.jsonl")[-1]["val/loss"]
+    assert summary[0]["val/loss"] != summary[1]["val/loss"]  # two different runs, not one twice
+
+
+@pytest.mark.slow
+def test_requeued_job_resumes_from_its_checkpoint(slurm, tmp_path):
+    """`scontrol requeue` kills the running job and queues it again (what preemption with
+    PreemptMode=REQUEUE does); the rerun finds checkpoints/last.pt in the same run dir."""
+    sweep_dir = tmp_path / "sweep"
+    name = f"nanugpt-requeue-{uuid.uuid4().hex[:8]}"
+    steps = 400
+    proc = sweep(sweep_dir, f"training.max_steps={steps}", "eval.every=20", "logging.every=20", f"hydra.launcher.name={name}", slurm_env=slurm, wait=False)
+    job_dir, last = sweep_dir / "0", sweep_dir / "0" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 240
+    while not last.is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, f"no checkpoint appeared:\n{job_outputs(sweep_dir)}"
+        time.sleep(0.5)
+    job_id = slurm_cmd("squeue", "-h", "-n", name, "-o", "%i").stdout.split()[0]
+    slurm_cmd("scontrol", "requeue", job_id)
+    requeued_at_step = read_log(job_dir / "checkpoints")[0]["step"]
+    assert read_metrics(job_dir / "metrics.jsonl")[-1]["step"] < steps, "the job finished before it could be requeued; raise steps"
+    # Slurm holds a requeued job back (BeginTime) for a while; let it start again at once.
+    deadline = time.monotonic() + 60
+    while slurm_cmd("scontrol", "update", f"jobid={job_id}", "StartTime=now", check=False).returncode != 0:
+        assert time.monotonic() < deadline, slurm_cmd("scontrol", "show", "job", job_id, check=False).stdout
+        time.sleep(1)
+    finish(proc)
+
+    log = (job_dir / "log.txt").read_text()
+    resumed = re.findall(r"Resumed from \S+last\.pt at step (\d+)", log)
+    assert len(resumed) == 1, log[-3000:]
+    # from a checkpoint the first attempt wrote (it trains on until Slurm's KillWait SIGKILL)
+    assert requeued_at_step <= int(resumed[0]) < steps
+    assert "Restarts=1" in slurm_cmd("scontrol", "show", "job", job_id).stdout
+    # finished with the same number of steps, each step once (the redone ones replaced)
+    assert [r["step"] for r in read_metrics(job_dir / "metrics.jsonl")] == list(range(1, steps + 1))
+    assert read_log(job_dir / "checkpoints")[-1]["step"] == steps
