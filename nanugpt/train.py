@@ -265,7 +265,8 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         if step == start_step + 1:  # optimizers create their state on the first step
-            log.info("optimizer state: %.1f MB", state_bytes(optimizer) / 2**20)
+            zero1 = isinstance(optimizer, ZeroRedundancyOptimizer)  # its state_dict() is a collective
+            log.info("optimizer state: %.1f MB%s", state_bytes(optimizer.optim if zero1 else optimizer) / 2**20, " (rank 0's ZeRO-1 shard)" if zero1 else "")
 
         dt = time.perf_counter() - t0
         if loop_start is None:
@@ -378,4 +379,8 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable module's main, not __main__'s: submitit pickles the task function, and
+    # cloudpickle copies whatever lives in __main__ by value (torch module objects included).
+    from nanugpt.train import main as importable_main
+
+    importable_main()

@@ -114,6 +114,11 @@ start() {
 }
 
 stop() {
+    # Cancel this cluster's jobs first: slurmd with proctrack/linuxproc would leave their processes behind.
+    if running "$STATE/slurmctld.pid" && [ -n "$(squeue -h -o %i 2>/dev/null)" ]; then
+        scancel --full $(squeue -h -o %i) 2>/dev/null || true
+        for _ in $(seq 30); do [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break; sleep 1; done
+    fi
     for pid_file in "$STATE/slurmd.pid" "$STATE/slurmctld.pid" "$STATE/munge/munged.pid"; do
         if running "$pid_file"; then
             kill "$(cat "$pid_file")"
