@@ -35,6 +35,7 @@ from nanugpt.metrics import format_duration
 from nanugpt.models.with_loss import ModelWithLoss
 from nanugpt.observe import RunObserver, peak_flops
 from nanugpt.optim import state_bytes
+from nanugpt.preemption import StopSignal
 from nanugpt.utils import CONF_DIR, seed_everything
 
 log = logging.getLogger("nanugpt.train")
@@ -135,16 +136,19 @@ def evaluate(net: torch.nn.Module, batches: list, autocast: Any, info: dist.Dist
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
     info = dist.init_distributed(cfg.training.device)
+    stop = StopSignal()  # SIGTERM/SIGUSR2: checkpoint at the end of the step, then exit
     failed = True
     try:
         run_dir = use_master_run_dir(run_dir, info)
-        best = _train(cfg, run_dir, info)
+        best = _train(cfg, run_dir, info, stop)
         failed = False
         return best
     except BaseException as e:
-        log.error("Run failed: %s: %s", type(e).__name__, e)  # the line `nanugpt.report` reads as failed
+        if not (isinstance(e, SystemExit) and stop.requested):  # a preempted run is not a failed one
+            log.error("Run failed: %s: %s", type(e).__name__, e)  # the line `nanugpt.report` reads as failed
         raise
     finally:
+        stop.restore()
         dist.shutdown(failed=failed)  # an error on one rank must not leave the others hanging
 
 
@@ -158,7 +162,7 @@ def use_master_run_dir(run_dir: Path, info: dist.DistInfo) -> Path:
     return master_dir
 
 
-def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
+def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal) -> float:
     tcfg = cfg.training
     if not info.is_master:  # only rank 0 talks; warnings and errors of any rank still show
         root = logging.getLogger()
@@ -237,18 +241,21 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
     )  # fmt: skip
     loop_start, timed_steps = None, 0
     last_val_loss: float | None = None
+    preempted = False
 
     for step in range(start_step + 1, tcfg.max_steps + 1):  # `step` counts completed optimizer steps
         t0 = time.perf_counter()
-        totals = torch.zeros(3, dtype=torch.float64, device=info.device)
+        totals = torch.zeros(4, dtype=torch.float64, device=info.device)  # loss, correct, count, stop flag
         for micro_step, (x, y) in enumerate(train_batches.next_step()):
             # DDP all-reduces gradients only on the last micro-step.
             sync = not info.is_distributed or micro_step == accum - 1
             with contextlib.nullcontext() if sync else net.no_sync(), autocast:
                 _, loss, correct, count = net(x, y)
             scaler.scale(loss / accum).backward()
-            totals += torch.stack([loss.detach().double(), correct.double(), count.double()])
+            totals[:3] += torch.stack([loss.detach().double(), correct.double(), count.double()])
+        totals[3] = float(stop.requested)
         dist.all_reduce_sum(totals, info)
+        preempted = totals[3].item() > 0  # a rank got SIGTERM/SIGUSR2: all finish this step, checkpoint, stop
         train_loss = totals[0].item() / (accum * info.world_size)
         pre_clip_norm = scaler.unscale_and_clip_(optimizer, model.parameters(), tcfg.grad_clip)  # scaler= group
         # A NaN/inf loss or gradient would poison the weights: stop before the optimizer step (or
@@ -290,7 +297,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
             row["train/skipped_nonfinite"] = 1
 
         is_last = step == tcfg.max_steps
-        evaluating = step % cfg.eval.every == 0 or is_last
+        evaluating = step % cfg.eval.every == 0 or is_last or preempted
         if evaluating:
             row.update(evaluate(net, val_batches, autocast, info))
             if not math.isfinite(row["val/loss"]):  # the weights themselves are broken: never checkpoint them
@@ -320,8 +327,14 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
             }
             if info.is_master:
                 save_checkpoint(ckpt_dir, state, step, row["val/loss"], is_best and cfg.eval.checkpoint == "best_and_last", cfg.eval.keep_last)
+        if preempted:
+            if info.is_master:
+                log.warning("Stopping at step %d on a preemption/time-limit signal, checkpointed: resume=auto continues from it.", step)
+            break
 
     observer.close()
+    if preempted:
+        stop.forward()  # on to submitit's handler (requeue on a time limit) or the default action
     if info.is_master:
         finish_message(run_dir, ckpt_dir, best_val_loss, last_val_loss, loop_start)
     return best_val_loss
