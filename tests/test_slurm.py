@@ -166,3 +166,24 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm, tmp_path):
     # finished with the same number of steps, each step once (the redone ones replaced)
     assert [r["step"] for r in read_metrics(job_dir / "metrics.jsonl")] == list(range(1, steps + 1))
     assert read_log(job_dir / "checkpoints")[-1]["step"] == steps
+
+
+@pytest.mark.slow
+def test_sbatch_template_runs_torchrun_ddp(slurm, tmp_path):
+    """launch/slurm/train.sbatch as users submit it (srun -> torchrun -> 2 gloo ranks here; the
+    template asks for GPUs, overridden on the command line as users would on a CPU partition)."""
+    steps = 6
+    overrides = [o for o in SLURM_TINY if not o.startswith("hydra")] + [f"training.max_steps={steps}", "eval.every=3"]
+    proc = subprocess.run(
+        ["sbatch", "--wait", "--gpus-per-node=0", "--cpus-per-task=2", "--time=10", f"--output={tmp_path}/slurm-%j.out",
+         str(REPO / "launch" / "slurm" / "train.sbatch"), *overrides],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, **slurm, "PYTHONPATH": str(REPO), "NANUGPT_DATA": str(tmp_path / "data"), "NPROC_PER_NODE": "2"},
+    )  # fmt: skip
+    outputs = "\n".join(p.read_text()[-3000:] for p in tmp_path.glob("slurm-*.out"))
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{outputs}"
+    job_id = re.search(r"Submitted batch job (\d+)", proc.stdout).group(1)
+    run_dir = tmp_path / "outputs" / "slurm" / job_id
+    assert "global batch 8 = 2 device x 2 ranks x 2 accum" in (run_dir / "log.txt").read_text(), outputs
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == list(range(1, steps + 1))
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
