@@ -175,14 +175,19 @@ def test_sbatch_template_runs_torchrun_ddp(slurm, tmp_path):
     steps = 6
     overrides = [o for o in SLURM_TINY if not o.startswith("hydra")] + [f"training.max_steps={steps}", "eval.every=3"]
     proc = subprocess.run(
-        ["sbatch", "--wait", "--gpus-per-node=0", "--cpus-per-task=2", "--time=10", f"--output={tmp_path}/slurm-%j.out",
+        ["sbatch", "--gpus-per-node=0", "--cpus-per-task=2", "--time=10", f"--output={tmp_path}/slurm-%j.out",
          str(REPO / "launch" / "slurm" / "train.sbatch"), *overrides],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
         env={**os.environ, **slurm, "PYTHONPATH": str(REPO), "NANUGPT_DATA": str(tmp_path / "data"), "NPROC_PER_NODE": "2"},
     )  # fmt: skip
-    outputs = "\n".join(p.read_text()[-3000:] for p in tmp_path.glob("slurm-*.out"))
-    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{outputs}"
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     job_id = re.search(r"Submitted batch job (\d+)", proc.stdout).group(1)
+    deadline = time.monotonic() + 240  # not `sbatch --wait`: it polls at doubling intervals (~30 s late)
+    while slurm_cmd("squeue", "-h", "-j", job_id, "-o", "%T", check=False).stdout.strip():
+        assert time.monotonic() < deadline, slurm_cmd("scontrol", "show", "job", job_id, check=False).stdout
+        time.sleep(0.5)
+    assert "ExitCode=0:0" in slurm_cmd("scontrol", "show", "job", job_id).stdout
+    outputs = "\n".join(p.read_text()[-3000:] for p in tmp_path.glob("slurm-*.out"))
     run_dir = tmp_path / "outputs" / "slurm" / job_id
     assert "global batch 8 = 2 device x 2 ranks x 2 accum" in (run_dir / "log.txt").read_text(), outputs
     assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == list(range(1, steps + 1))
