@@ -146,17 +146,17 @@ def test_sigkill_during_saves_many_times(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_training_during_frequent_saves_then_resume_matches(tmp_path):
-    """The training CLI, checkpointing every step, SIGKILLed at random moments a few times: after
+    """The training CLI, checkpointing every step, SIGKILLed at random moments two or three times: after
     every kill the newest checkpoint loads; the run, resumed after each kill, ends with the same
     per-step losses (one row per step in metrics.jsonl) as an uninterrupted one."""
-    overrides = [*TINY, "training.max_steps=24", "eval.every=1", "eval.iters=1", "eval.keep_last=2"]
+    overrides = [*TINY, "training.max_steps=16", "eval.every=1", "eval.iters=1", "eval.keep_last=2"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     run_cli("nanugpt.train", *overrides, f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path)
 
     run_dir, ckpt_dir = tmp_path / "killed", tmp_path / "killed" / "checkpoints"
     rng = random.Random(0)
     kills = 0
-    for _ in range(4):
+    for _ in range(3):
         before = read_log(ckpt_dir)[-1]["step"] if read_log(ckpt_dir) else 0
         proc = subprocess.Popen([sys.executable, "-m", "nanugpt.train", *overrides, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while proc.poll() is None and not (read_log(ckpt_dir) and read_log(ckpt_dir)[-1]["step"] > before):
@@ -169,7 +169,7 @@ def test_sigkill_training_during_frequent_saves_then_resume_matches(tmp_path):
         assert_log_names_only_existing_files(ckpt_dir)
         path, state = find_resume_checkpoint("auto", run_dir)
         assert path == ckpt_dir / "last.pt" and state["step"] >= max(e["step"] for e in read_log(ckpt_dir)) > before
-    assert kills >= 3
+    assert kills >= 2
     run_cli("nanugpt.train", *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert_log_names_only_existing_files(ckpt_dir)
     assert not list(ckpt_dir.glob(".*.tmp"))  # leftovers of killed saves are cleaned up
