@@ -1,4 +1,4 @@
-"""Benchmarks that print figures: `python -m nanugpt.bench train|generate|prepare|eval [overrides]`.
+"""Benchmarks that print figures: `python -m nanugpt.bench train|generate|prepare|eval|speedrun [overrides]`.
 
 Overrides are the training config's (`model=gpt2_124m training.compile=true ...`) plus the
 bench's own `bench.*` keys (defaults in BENCH_DEFAULTS). Each command prints a table and writes
@@ -12,12 +12,12 @@ timed. Wall-clock figures are only as good as the machine is quiet: say how load
     python -m nanugpt.bench generate bench.new_tokens=500          # KV cache vs recompute
     python -m nanugpt.bench prepare bench.bpe_file=/path/to/r50k_base.tiktoken
     python -m nanugpt.bench eval
+    python -m nanugpt.bench speedrun data.local_path=/path/to/tinyshakespeare.txt bench.repeats=5
 """
 
 from __future__ import annotations
 
 import json
-import math
 import platform
 import statistics
 import sys
@@ -54,6 +54,9 @@ BENCH_DEFAULTS: dict[str, Any] = {
     "ckpt": None,  # generate: a checkpoint instead of random weights
     "max_mb": 8.0,  # prepare: cap the corpus at this many MB
     "bpe_file": None,  # prepare: a local .tiktoken rank file (r50k_base / gpt2); null skips tiktoken
+    "experiment": "shakespeare_speedrun",  # speedrun: the experiment config to run end to end
+    "target_loss": 1.88,  # speedrun: final val loss to reach
+    "target_wall_s": 45.0,  # speedrun: wall seconds from command start to exit
     "out": None,  # JSON path; null: bench-<what>.json
 }
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # bf16 dense tensor-core peaks
@@ -63,7 +66,7 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # bf16 dense tens
 
 
 def parse_args(argv: list[str]) -> tuple[str, dict[str, Any], list[str]]:
-    commands = ("train", "generate", "prepare", "eval")
+    commands = ("train", "generate", "prepare", "eval", "speedrun")
     if not argv or argv[0] not in commands:
         raise SystemExit(f"usage: python -m nanugpt.bench {{{'|'.join(commands)}}} [overrides] [bench.KEY=VALUE]; got {argv[:1]}")
     bench = dict(BENCH_DEFAULTS)
@@ -80,10 +83,14 @@ def parse_args(argv: list[str]) -> tuple[str, dict[str, Any], list[str]]:
 
 
 def _coerce(value: str) -> Any:
-    """`bench.x=3` -> 3, `=[1,8]` -> [1, 8], `=true` -> True, `=null` -> None, else the string."""
+    """`bench.x=3` -> 3, `=1e9` -> 1e9, `=[1,8]` -> [1, 8], `=true` -> True, `=null` -> None, else the string."""
     import yaml
 
-    return yaml.safe_load(value) if value else None
+    parsed = yaml.safe_load(value) if value else None
+    try:  # YAML 1.1 reads 1e9 (no dot) as a string
+        return float(parsed) if isinstance(parsed, str) else parsed
+    except ValueError:
+        return parsed
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
@@ -201,6 +208,7 @@ def bench_train(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]
     net = ModelWithLoss(model, instantiate(cfg.loss)).to(device)
     optimizer = instantiate(cfg.optim)(model)
     scheduler = instantiate(cfg.sched)(optimizer)
+    scaler = instantiate(cfg.scaler)(device.type, float16=amp_dtype == torch.float16)
     if tcfg.compile:
         net = torch.compile(net)
     batches = RandomWindowBatches(train_tokens, T, tcfg.global_batch_size, tcfg.device_batch_size, 0, 1, tcfg.seed, device)
@@ -214,13 +222,14 @@ def bench_train(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]
         for x, y in micro:
             with autocast:
                 _, loss, correct, count = net(x, y)
-            (loss / accum).backward()
+            scaler.scale(loss / accum).backward()
             totals += torch.stack([loss.detach().double(), correct.double(), count.double()])
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf)
-        optimizer.step()
+        pre_clip_norm = scaler.unscale_and_clip_(optimizer, model.parameters(), tcfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        totals[0].item()  # train.py logs the loss every step: one host sync
+        totals[0].item(), (totals[1] / totals[2]).item(), pre_clip_norm.item()  # train.py's per-step logging syncs
         return data_s
 
     rows.append(time_train_steps("nanugpt", nanugpt_step, bench, device, tokens_per_step, flops_per_token, peak))
@@ -432,11 +441,53 @@ def load_tiktoken_file(path: str | None) -> Any:
     return tiktoken.Encoding(name=file.stem, pat_str=pat, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": len(ranks)})
 
 
+# ---------------------------------------------------------------- speedrun
+
+
+def bench_speedrun(overrides: list[str], bench: dict) -> list[dict]:
+    """Run `python -m nanugpt.train experiment=<bench.experiment> [overrides]` bench.repeats
+    times, each a fresh process with a fresh data cache and run dir, timing the wall clock from
+    process start to exit (imports, data preparation, compilation, evals and checkpoint
+    included), and read the final val loss from its metrics.jsonl."""
+    import os
+    import subprocess
+    import tempfile
+
+    rows = []
+    for i in range(bench["repeats"]):
+        with tempfile.TemporaryDirectory(prefix="nanugpt-speedrun-") as tmp:
+            cmd = [sys.executable, "-m", "nanugpt.train", f"experiment={bench['experiment']}", *overrides,
+                   f"paths.data_dir={tmp}/data", f"hydra.run.dir={tmp}/run", "logging.wandb.mode=disabled"]  # fmt: skip
+            load = os.getloadavg()[0]
+            t = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            wall = time.perf_counter() - t
+            if proc.returncode != 0:
+                raise SystemExit(f"speedrun repeat {i} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+            metrics = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+        evals = [(m["step"], m["val/loss"]) for m in metrics if "val/loss" in m]
+        first_hit = next((step for step, loss in evals if loss <= bench["target_loss"]), None)
+        rows.append({"repeat": i, "wall_s": wall, "steps": metrics[-1]["step"], "final_val_loss": evals[-1][1],
+                     "first_eval_step_at_target": first_hit, "load_avg_1m_at_start": round(load, 2)})  # fmt: skip
+        print(f"repeat {i}: {wall:.1f} s wall, final val loss {evals[-1][1]:.4f} (load avg {load:.1f})", flush=True)
+    walls, losses = [r["wall_s"] for r in rows], [r["final_val_loss"] for r in rows]
+    ok = median(walls) <= bench["target_wall_s"] and max(losses) <= bench["target_loss"]
+    rows.append({"repeat": "median", "wall_s": median(walls), "final_val_loss": median(losses),
+                 "worst_val_loss": max(losses), "goal_met": ok})  # fmt: skip
+    return rows
+
+
 # ---------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     what, bench, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    if what == "speedrun":  # whole training processes: the config is composed in each of them
+        cfg = compose_config([f"experiment={bench['experiment']}", *overrides])
+        rows = bench_speedrun(overrides, bench)
+        print_table(f"nanugpt bench speedrun | torch {torch.__version__} | {bench['experiment']} | goal: val loss <= {bench['target_loss']} in <= {bench['target_wall_s']} s", rows)
+        write_json(what, bench, cfg, torch.device("cpu"), rows)
+        return rows
     cfg = compose_config(overrides)
     run = {"train": bench_train, "eval": bench_eval, "generate": bench_generate, "prepare": bench_prepare}[what]
     device, rows = run(cfg, bench)

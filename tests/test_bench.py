@@ -97,3 +97,30 @@ def test_bench_rejects_unknown_commands_and_options() -> None:
     what, bench, overrides = parse_args(["generate", "bench.batch_sizes=[1,8]", "model.n_layer=2"])
     assert (what, bench["batch_sizes"], overrides) == ("generate", [1, 8], ["model.n_layer=2"])
     assert REPO.is_dir()
+
+
+def test_bench_speedrun_times_whole_training_runs(tmp_path: Path) -> None:
+    """Two end-to-end runs of the speedrun experiment (smoke size, a stand-in corpus with its own
+    checksum): wall time per process, final val loss read back from each run's metrics.jsonl."""
+    import hashlib
+
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 400)
+    sha = hashlib.sha256(corpus.read_bytes()).hexdigest()
+    out = tmp_path / "speedrun.json"
+    proc = run_cli(
+        "nanugpt.bench", "speedrun", f"data.local_path={corpus}", f"+data.sha256={sha}", "training.max_steps=3",
+        "eval.iters=2", "training.threads=1", "bench.repeats=2", "bench.target_wall_s=1e9", "bench.target_loss=1e9",
+        f"bench.out={out}", cwd=tmp_path,
+    )  # fmt: skip
+    assert "nanugpt bench speedrun" in proc.stdout
+    record = json.loads(out.read_text())
+    assert record["config"]["training"]["max_steps"] == 3  # the experiment, then the overrides
+    runs, summary = record["results"][:2], record["results"][2]
+    for run in runs:
+        assert run["steps"] == 3 and run["wall_s"] > 0
+        assert 0 < run["final_val_loss"] < 10
+        assert run["first_eval_step_at_target"] == 3  # the one eval, at the end, under the loose target
+    assert summary["wall_s"] == pytest.approx(sorted(r["wall_s"] for r in runs)[0] / 2 + sorted(r["wall_s"] for r in runs)[1] / 2)
+    assert summary["goal_met"] is True
+    assert list(tmp_path.glob("outputs")) == []  # runs live in temporary dirs
