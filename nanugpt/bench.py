@@ -201,7 +201,6 @@ def bench_train(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]
     T = cfg.model.context_length
     tokens_per_step = tcfg.global_batch_size * T
     peak = peak_flops(bench, device)
-    rows = []
 
     model = instantiate(cfg.model)
     flops_per_token = model.flops_per_token()
@@ -232,7 +231,7 @@ def bench_train(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]
         totals[0].item(), (totals[1] / totals[2]).item(), pre_clip_norm.item()  # train.py's per-step logging syncs
         return data_s
 
-    rows.append(time_train_steps("nanugpt", nanugpt_step, bench, device, tokens_per_step, flops_per_token, peak))
+    loops: dict[str, Callable[[], float]] = {"nanugpt": nanugpt_step}
 
     if bench["plain_loop"]:
         # The minimal loop everyone writes first: same model and optimizer, no wrappers.
@@ -257,37 +256,54 @@ def bench_train(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]
             loss.item()
             return data_s
 
-        rows.append(time_train_steps("plain torch loop", plain_step, bench, device, tokens_per_step, flops_per_token, peak))
-    return device, rows
+        loops["plain torch loop"] = plain_step
+    return device, time_train_steps(loops, bench, device, tokens_per_step, flops_per_token, peak)
 
 
-def time_train_steps(name: str, step: Callable[[], float], bench: dict, device: torch.device, tokens_per_step: int, flops_per_token: int, peak: float | None) -> dict:
-    for _ in range(bench["warmup"]):
-        step()
-    step_s, data_share, cpu_s = [], [], []
-    for _ in range(bench["repeats"]):
+def time_train_steps(loops: dict[str, Callable[[], float]], bench: dict, device: torch.device, tokens_per_step: int, flops_per_token: int, peak: float | None) -> list[dict]:
+    """Warm each loop up, then time `bench.steps` steps of each in turn per repeat (interleaved,
+    so a load change on a shared machine hits every loop alike); figures are medians."""
+    warmup_s = {}
+    for name, step in loops.items():
+        t = time.perf_counter()
+        for _ in range(bench["warmup"]):
+            step()
         sync(device)
-        t, c, waited = time.perf_counter(), time.process_time(), 0.0
-        for _ in range(bench["steps"]):
-            waited += step()
-        sync(device)
-        elapsed = time.perf_counter() - t
-        step_s.append(elapsed / bench["steps"])
-        cpu_s.append((time.process_time() - c) / bench["steps"])
-        data_share.append(waited / elapsed)
-    sec = median(step_s)
-    tps = tokens_per_step / sec
-    achieved = flops_per_token * tps
-    return {
-        "loop": name,
-        "step_ms": sec * 1e3,
-        "cpu_ms_per_step": median(cpu_s) * 1e3,
-        "tokens_per_s": tps,
-        "data_wait_pct": 100 * median(data_share),
-        "tflops": achieved / 1e12,
-        "mfu_pct": 100 * achieved / peak if peak else None,
-        "step_ms_all": [round(s * 1e3, 3) for s in step_s],
-    }
+        warmup_s[name] = time.perf_counter() - t  # with training.compile=true: mostly compilation
+    step_s: dict[str, list[float]] = {n: [] for n in loops}
+    cpu_s: dict[str, list[float]] = {n: [] for n in loops}
+    data_share: dict[str, list[float]] = {n: [] for n in loops}
+    for repeat in range(bench["repeats"]):
+        order = list(loops) if repeat % 2 == 0 else list(reversed(loops))
+        for name in order:
+            sync(device)
+            t, c, waited = time.perf_counter(), time.process_time(), 0.0
+            for _ in range(bench["steps"]):
+                waited += loops[name]()
+            sync(device)
+            elapsed = time.perf_counter() - t
+            step_s[name].append(elapsed / bench["steps"])
+            cpu_s[name].append((time.process_time() - c) / bench["steps"])
+            data_share[name].append(waited / elapsed)
+    rows = []
+    for name in loops:
+        sec = median(step_s[name])
+        tps = tokens_per_step / sec
+        achieved = flops_per_token * tps
+        rows.append({
+            "loop": name,
+            "step_ms": sec * 1e3,
+            "cpu_ms_per_step": median(cpu_s[name]) * 1e3,
+            "tokens_per_s": tps,
+            "data_wait_pct": 100 * median(data_share[name]),
+            "tflops": achieved / 1e12,
+            "mfu_pct": 100 * achieved / peak if peak else None,
+            "warmup_s": warmup_s[name],
+            "step_ms_all": [round(x * 1e3, 3) for x in step_s[name]],
+        })  # fmt: skip
+    if len(rows) == 2:
+        rows[0]["x_vs_plain"] = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
+    return rows
 
 
 # ---------------------------------------------------------------- eval
@@ -450,6 +466,7 @@ def bench_speedrun(overrides: list[str], bench: dict) -> list[dict]:
     process start to exit (imports, data preparation, compilation, evals and checkpoint
     included), and read the final val loss from its metrics.jsonl."""
     import os
+    import resource
     import subprocess
     import tempfile
 
@@ -459,17 +476,20 @@ def bench_speedrun(overrides: list[str], bench: dict) -> list[dict]:
             cmd = [sys.executable, "-m", "nanugpt.train", f"experiment={bench['experiment']}", *overrides,
                    f"paths.data_dir={tmp}/data", f"hydra.run.dir={tmp}/run", "logging.wandb.mode=disabled"]  # fmt: skip
             load = os.getloadavg()[0]
+            cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             t = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True)
             wall = time.perf_counter() - t
+            cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)  # what load cannot inflate much
             if proc.returncode != 0:
                 raise SystemExit(f"speedrun repeat {i} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
             metrics = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
         evals = [(m["step"], m["val/loss"]) for m in metrics if "val/loss" in m]
         first_hit = next((step for step, loss in evals if loss <= bench["target_loss"]), None)
-        rows.append({"repeat": i, "wall_s": wall, "steps": metrics[-1]["step"], "final_val_loss": evals[-1][1],
+        rows.append({"repeat": i, "wall_s": wall, "cpu_s": cpu, "steps": metrics[-1]["step"], "final_val_loss": evals[-1][1],
                      "first_eval_step_at_target": first_hit, "load_avg_1m_at_start": round(load, 2)})  # fmt: skip
-        print(f"repeat {i}: {wall:.1f} s wall, final val loss {evals[-1][1]:.4f} (load avg {load:.1f})", flush=True)
+        print(f"repeat {i}: {wall:.1f} s wall ({cpu:.1f} CPU s), final val loss {evals[-1][1]:.4f} (load avg {load:.1f})", flush=True)
     walls, losses = [r["wall_s"] for r in rows], [r["final_val_loss"] for r in rows]
     ok = median(walls) <= bench["target_wall_s"] and max(losses) <= bench["target_loss"]
     rows.append({"repeat": "median", "wall_s": median(walls), "final_val_loss": median(losses),

