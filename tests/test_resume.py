@@ -34,14 +34,14 @@ BASE = [*TINY, f"training.max_steps={MAX_STEPS}", "eval.every=2", "eval.iters=2"
 
 def launch(cmd: list[str], run_dir: Path, overrides: list[str], log_name: str, env: dict | None = None) -> subprocess.Popen:
     """Start a training process (its output to a log file beside the run dir)."""
-    log_file = open(run_dir.parent / f"{run_dir.name}-{log_name}.log", "w")
-    return subprocess.Popen(
-        [*cmd, *overrides, f"hydra.run.dir={run_dir}"],
-        cwd=run_dir.parent,
-        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
+    with open(run_dir.parent / f"{run_dir.name}-{log_name}.log", "w") as log_file:  # the child keeps its own fd
+        return subprocess.Popen(
+            [*cmd, *overrides, f"hydra.run.dir={run_dir}"],
+            cwd=run_dir.parent,
+            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def finish(proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
