@@ -416,7 +416,7 @@ def bench_prepare(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict
     else:
         from types import SimpleNamespace
 
-        from nanugpt.tokenizers.tiktoken_bpe import TiktokenTokenizer
+        from nanugpt.tokenizers.tiktoken_bpe import TiktokenTokenizer, split_for_batch
 
         # nanugpt's own tokenizer methods on this encoding (duck-typed self: the class insists on
         # the real rank files' checksums, and the bench also takes other rank files)
@@ -426,32 +426,11 @@ def bench_prepare(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict
         raw = rows[-1]["sec"]
         for name, fn in [
             ("nanugpt .encode_batch (hub data path)", lambda: sum(len(a) for a in TiktokenTokenizer.encode_batch(ours, chunks))),
-            ("nanugpt .encode (local text path)", lambda: len(TiktokenTokenizer.encode(ours, text))),
-            ("split + batch + flat uint16 array", lambda: len(tiktoken_pipeline(enc, text))),
+            ("nanugpt .encode (local text path: split + batch)", lambda: len(TiktokenTokenizer.encode(ours, text))),
         ]:
             rows.append(timed(name, fn))
             rows[-1]["overhead_pct"] = 100 * (rows[-1]["sec"] - raw) / raw
     return torch.device("cpu"), rows
-
-
-def split_for_batch(text: str, chunk_chars: int = 1 << 16) -> list[str]:
-    """Cut after a lone newline between two non-spaces, near every chunk_chars: GPT-2's
-    pre-tokenizer always splits there, so the chunks encode to exactly the tokens of one encode."""
-    chunks, start = [], 0
-    while start < len(text):
-        end = start + chunk_chars
-        while 0 <= (end := text.find("\n", end)) and end + 1 < len(text) and (text[end + 1].isspace() or text[end - 1].isspace()):
-            end += 1
-        end = len(text) if end < 0 else end + 1
-        chunks.append(text[start:end])
-        start = end
-    return chunks
-
-
-def tiktoken_pipeline(enc: Any, text: str) -> np.ndarray:
-    """What nanugpt's tiktoken tokenizer does for a corpus: batch encode, then one flat uint16 array."""
-    ids = enc.encode_ordinary_batch(split_for_batch(text))
-    return np.concatenate([np.asarray(i, dtype=np.uint16) for i in ids])
 
 
 def load_tiktoken_file(path: str | None) -> Any:

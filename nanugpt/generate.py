@@ -8,6 +8,7 @@ nanugpt's own `_target_`s are instantiated unless `trust_checkpoint=true`.
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch.nn as nn
 import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from nanugpt.checkpoint import load_checkpoint, load_model_state
 from nanugpt.dist import resolve_device
@@ -109,23 +111,26 @@ def generate_texts(model: nn.Module, tokenizer: Tokenizer, prompts: list[str], c
     decode_step = torch.compile(model, dynamic=True) if cfg.compile else None
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     texts: list[str] = [""] * (len(prompts) * cfg.num_samples)
+    # tokens/s and ETA on stderr (stdout stays the samples alone); cleared when done
+    bar = tqdm(total=len(texts) * cfg.max_new_tokens, desc="generating", unit="tok", leave=False, file=sys.stderr, disable=not cfg.get("progress", False))
     for length in sorted({len(ids) for ids in encoded}):
         rows = [(i, ids) for i, ids in enumerate(encoded) for _ in range(cfg.num_samples) if len(ids) == length]
         idx = torch.tensor([ids for _, ids in rows], dtype=torch.long, device=device)
 
-        def all_stopped(idx: torch.Tensor) -> bool:
+        def after_token(idx: torch.Tensor) -> bool:
+            bar.update(idx.size(0))
             return bool(stop) and all(cut_at_stop(tokenizer.decode(row[length:].tolist()), stop)[1] for row in idx)
 
         out = generate(
             model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator,
-            use_cache=cfg.use_cache, window_keep=cfg.window_keep, should_stop=all_stopped if stop else None,
-            decode_step=decode_step,
+            use_cache=cfg.use_cache, window_keep=cfg.window_keep, should_stop=after_token, decode_step=decode_step,
         )  # fmt: skip
         seen: dict[int, int] = {}
         for (i, ids), row in zip(rows, out):
             new_text = cut_at_stop(tokenizer.decode(row[length:].tolist()), stop)[0]
             texts[i * cfg.num_samples + seen.get(i, 0)] = prompts[i] + new_text
             seen[i] = seen.get(i, 0) + 1
+    bar.close()
     return texts
 
 

@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nanugpt.metrics import MetricsFile, console_line
+from nanugpt.utils import atomic_write_bytes
 
 log = logging.getLogger("nanugpt.train")
 
@@ -155,8 +156,8 @@ class WandbRun:
         wcfg = cfg.logging.wandb
         self.wandb, self.run_dir = wandb, run_dir
         id_file = run_dir / RUN_ID_FILE
-        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
-        id_file.write_text(run_id + "\n")
+        run_id = (id_file.read_text().strip() if id_file.is_file() else "") or secrets.token_hex(4)
+        atomic_write_bytes(id_file, f"{run_id}\n".encode())  # a crash mid-write must not leave an empty id
         name, group = default_run_name(run_dir)
         self.run = wandb.init(
             mode=wandb_mode(wcfg.mode),

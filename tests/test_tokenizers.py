@@ -18,7 +18,7 @@ from nanugpt.generate import build_from_checkpoint, encode_prompt
 from nanugpt.tokenizers.byte import ByteTokenizer
 from nanugpt.tokenizers.char import CharTokenizer
 from nanugpt.tokenizers.hf import HFTokenizer
-from nanugpt.tokenizers.tiktoken_bpe import TiktokenTokenizer
+from nanugpt.tokenizers.tiktoken_bpe import TiktokenTokenizer, split_for_batch
 from nanugpt.train import train
 
 from .conftest import REPO, TINY, compose_train, run_cli
@@ -62,6 +62,10 @@ def test_tiktoken_from_local_file_is_the_real_tokenizer(tiktokens, encoding):
         assert tok.decode(tok.encode(sample)) == sample
     # "<|endoftext|>" in a corpus is ordinary text, never the control token
     assert tok.eot_id not in tok.encode("<|endoftext|>").tolist()
+    # a long corpus is encoded in chunks on several threads: exactly the tokens of one encode
+    corpus = "".join(p.read_text() for p in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-c]*.py"))) + MULTILINGUAL
+    assert len(split_for_batch(corpus)) > 3
+    assert tok.encode(corpus).tolist() == tok.enc.encode_ordinary(corpus)
 
 
 def test_tiktoken_local_file_with_wrong_hash_is_refused(tiktoken_rank_file):

@@ -72,8 +72,10 @@ def test_checkpoint_with_foreign_target_is_refused(trained_run):
 def test_generate_cli_samples_from_the_checkpoint(trained_run):
     ckpt = trained_run / "checkpoints" / "best.pt"
     args = [f"ckpt={ckpt}", 'prompt="def "', "max_new_tokens=40", "seed=7"]
-    out = run_cli("nanugpt.generate", *args, cwd=REPO).stdout
+    proc = run_cli("nanugpt.generate", *args, cwd=REPO)
+    out = proc.stdout
     assert out.startswith("def ") and len(out.rstrip("\n")) >= 30
+    assert "generating:" in proc.stderr and "/40 [" in proc.stderr and "generating" not in out  # the bar, on stderr only
     assert run_cli("nanugpt.generate", *args, cwd=REPO).stdout == out  # seeded
     greedy = run_cli("nanugpt.generate", *args, "temperature=0", "num_samples=2", cwd=REPO).stdout
     samples = greedy.split("---------- sample 2/2\n")

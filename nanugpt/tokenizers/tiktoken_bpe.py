@@ -82,6 +82,21 @@ def download_encoding(encoding: str) -> tiktoken.Encoding:
         ) from err
 
 
+def split_for_batch(text: str, chunk_chars: int = 1 << 16) -> list[str]:
+    """Cut after a lone newline between two non-spaces, near every chunk_chars: the gpt2, cl100k
+    and o200k pre-tokenizers never join a newline to a following non-space, so the chunks encode
+    to exactly the tokens of one encode, and encode_ordinary_batch spreads them over threads."""
+    chunks, start = [], 0
+    while start < len(text):
+        end = start + chunk_chars
+        while 0 <= (end := text.find("\n", end)) and end + 1 < len(text) and (text[end + 1].isspace() or text[end - 1].isspace()):
+            end += 1
+        end = len(text) if end < 0 else end + 1
+        chunks.append(text[start:end])
+        start = end
+    return chunks
+
+
 class TiktokenTokenizer:
     def __init__(self, encoding: str = "gpt2", bpe_file: str | None = None) -> None:
         if encoding not in RANK_FILE_ENCODING:
@@ -95,8 +110,12 @@ class TiktokenTokenizer:
         self.eot_id = self.enc.eot_token
 
     def encode(self, text: str) -> np.ndarray:
-        # Ordinary: "<|endoftext|>" in a corpus is text, not a control token.
-        return np.asarray(self.enc.encode_ordinary(text), dtype=np.int64)
+        # Ordinary: "<|endoftext|>" in a corpus is text, not a control token. A long text goes
+        # through encode_ordinary_batch in chunks: same tokens, on several threads.
+        chunks = split_for_batch(text)
+        if len(chunks) == 1:
+            return np.asarray(self.enc.encode_ordinary(text), dtype=np.int64)
+        return np.concatenate([np.asarray(ids, dtype=np.int64) for ids in self.enc.encode_ordinary_batch(chunks)])
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         return [np.asarray(ids, dtype=np.int64) for ids in self.enc.encode_ordinary_batch(texts)]
