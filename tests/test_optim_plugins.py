@@ -11,7 +11,7 @@ from nanugpt.models.llama import Llama
 from nanugpt.optim import state_bytes
 from nanugpt.optim.adamw import adamw
 from nanugpt.optim.adamw_nanogpt import adamw_nanogpt
-from nanugpt.optim.muon import MuonWithAdamW, muon, muon_param_groups
+from nanugpt.optim.muon import Muon, MuonWithAdamW, muon, muon_param_groups, newton_schulz
 from nanugpt.optim.sgd import sgd
 from nanugpt.sched.cosine import cosine
 
@@ -108,6 +108,28 @@ def test_muon_state_dict_round_trips_through_a_checkpoint_and_resumes_identicall
         assert torch.equal(a, b), n
     assert [g["lr"] for g in opt_a.param_groups] == [g["lr"] for g in opt_b.param_groups]
     assert opt_b.param_groups[0] is opt_b.muon.param_groups[0]  # still linked after loading
+
+
+def test_muon_in_bf16_is_torchs_muon_bit_for_bit_and_cpu_defaults_to_float32():
+    models = [llama() for _ in range(2)]
+    hidden = [muon_param_groups(m)["hidden"] for m in models]
+    kw = dict(lr=0.05, momentum=0.9, weight_decay=0.1, adjust_lr_fn="original")
+    reference = torch.optim.Muon(hidden[0], **kw)
+    ours_bf16 = Muon(hidden[1], ns_dtype=torch.bfloat16, **kw)
+    for model, opt in zip(models, (reference, ours_bf16)):
+        train_steps(model, opt, 3)
+    for a, b in zip(*hidden):
+        assert torch.equal(a, b)  # the same update as torch's, step for step
+    assert ours_bf16.state_dict()["state"].keys() == reference.state_dict()["state"].keys()
+    # float32: the same orthogonalisation, rounded less (singular values in NS's ~(0.7, 1.2) band)
+    g = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+    bf16, fp32 = (newton_schulz(g, (3.4445, -4.7750, 2.0315), 5, 1e-7, dt).float() for dt in (torch.bfloat16, torch.float32))
+    assert 0 < (bf16 - fp32).norm() / fp32.norm() < 0.05
+    sv = torch.linalg.svdvals(fp32)
+    assert 0.6 < sv.min() and sv.max() < 1.25
+    assert muon(llama()).muon.ns_dtype == torch.float32  # CPU params: bf16 matmuls may be emulated there
+    with pytest.raises(ValueError, match="ns_dtype=fp8"):
+        muon(llama(), ns_dtype="fp8")
 
 
 def test_loading_another_optimizers_state_into_muon_names_the_fix():
