@@ -15,15 +15,17 @@ import shlex
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel
+
+if TYPE_CHECKING:  # torch.distributed.optim costs 1.2 s of import time; only ZeRO-1 runs need it
+    from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from nanugpt import dist
 from nanugpt.checkpoint import all_rng_states, clean_state_dict, find_resume_checkpoint, load_model_state, read_log, restore_rng_state, save_checkpoint
@@ -196,7 +198,8 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
     model = instantiate(cfg.model)
     net = ModelWithLoss(model, instantiate(cfg.loss)).to(info.device)
     optimizer = instantiate(cfg.optim)(model)
-    if tcfg.zero1 and info.is_distributed:
+    zero1 = tcfg.zero1 and info.is_distributed
+    if zero1:
         optimizer = shard_optimizer_state(optimizer)
     scheduler = instantiate(cfg.sched)(optimizer)
     scaler = instantiate(cfg.scaler)(info.device.type, float16=amp_dtype == torch.float16)
@@ -272,7 +275,6 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         if step == start_step + 1:  # optimizers create their state on the first step
-            zero1 = isinstance(optimizer, ZeroRedundancyOptimizer)  # its state_dict() is a collective
             log.info("optimizer state: %.1f MB%s", state_bytes(optimizer.optim if zero1 else optimizer) / 2**20, " (rank 0's ZeRO-1 shard)" if zero1 else "")
 
         dt = time.perf_counter() - t0
@@ -315,7 +317,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
             rng = all_rng_states()  # every rank's; a collective, so before the master-only save
             state = {
                 "model": clean_state_dict(model.state_dict()),
-                "optimizer": optimizer_state(optimizer, info),
+                "optimizer": optimizer_state(optimizer, info, zero1),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
                 "data": train_batches.state_dict(),
@@ -359,16 +361,18 @@ def nonfinite_error(what: str, step: int, ckpt_dir: Path, skippable: bool) -> No
 def shard_optimizer_state(optimizer: torch.optim.Optimizer) -> ZeroRedundancyOptimizer:
     """ZeRO-1: the same optimizer, its state (e.g. Adam's moments) split across ranks. Each rank
     steps its shard and broadcasts the updated parameters, so training matches plain DDP."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
     cls = type(optimizer)
     accepted = inspect.signature(cls).parameters  # defaults may hold keys __init__ does not take
     defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
     return ZeroRedundancyOptimizer([dict(g) for g in optimizer.param_groups], optimizer_class=cls, **defaults)
 
 
-def optimizer_state(optimizer: torch.optim.Optimizer, info: dist.DistInfo) -> dict[str, Any]:
+def optimizer_state(optimizer: torch.optim.Optimizer, info: dist.DistInfo, zero1: bool) -> dict[str, Any]:
     """The full optimizer state on rank 0 ({} elsewhere). With ZeRO-1 a collective: every rank
     sends its shard to rank 0."""
-    if isinstance(optimizer, ZeroRedundancyOptimizer):
+    if zero1:
         optimizer.consolidate_state_dict(to=0)
     return optimizer.state_dict() if info.is_master else {}
 
