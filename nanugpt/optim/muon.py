@@ -44,6 +44,14 @@ def muon_param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return groups
 
 
+def run_closure(closure: Any) -> Any:
+    """The optimizer-step closure protocol: re-evaluate the loss with grad on, if one is given."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 def newton_schulz(update: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float, dtype: torch.dtype) -> torch.Tensor:
     """torch.optim.Muon's quintic Newton-Schulz orthogonalisation, in `dtype` instead of bf16."""
     a, b, c = coefficients
@@ -68,10 +76,7 @@ class Muon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             params: list[torch.Tensor] = []
             grads: list[torch.Tensor] = []
@@ -110,10 +115,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         self.muon.step()
         self.adamw.step()
         return loss
