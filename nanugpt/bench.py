@@ -36,8 +36,9 @@ from nanugpt import dist
 from nanugpt.config import register_configs
 from nanugpt.data.loader import RandomWindowBatches, fixed_eval_batches
 from nanugpt.models.with_loss import ModelWithLoss
+from nanugpt.observe import peak_flops
 from nanugpt.sampling import generate
-from nanugpt.train import autocast_dtype, configure_matmul_precision, prepare_data, set_vocab_size
+from nanugpt.train import autocast_dtype, configure_matmul_precision, prepare_data, set_vocab_size, train_step
 from nanugpt.utils import CONF_DIR, seed_everything
 
 BENCH_DEFAULTS: dict[str, Any] = {
@@ -46,7 +47,6 @@ BENCH_DEFAULTS: dict[str, Any] = {
     "repeats": 3,  # the figure is the median over repeats
     "synthetic": False,  # random tokens instead of the configured data (train/eval)
     "plain_loop": True,  # train: also time a minimal plain-torch loop on the same model
-    "peak_flops": None,  # MFU denominator; null: known GPUs (H100/H200 bf16 dense 989e12), else MFU n/a
     "new_tokens": 500,  # generate
     "batch_sizes": [1, 8],  # generate
     "prompt_tokens": 8,  # generate
@@ -58,15 +58,18 @@ BENCH_DEFAULTS: dict[str, Any] = {
     "target_loss": 1.88,  # speedrun: final val loss to reach
     "target_wall_s": 45.0,  # speedrun: wall seconds from command start to exit
     "out": None,  # JSON path; null: bench-<what>.json
+    "budget_s": 480.0,  # gpu: stop starting sections once this many seconds have passed
+    "dry_run": False,  # gpu: toy sizes on the CPU (CI), to prove the check runs end to end
+    "out_dir": None,  # gpu: where gpu.json, gpu.md and each section's JSON and log go; null: bench-gpu/
+    "shakespeare_path": None,  # gpu: a local tinyshakespeare.txt for the baby-GPT section (skipped without)
 }
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # bf16 dense tensor-core peaks
 
 
 # ---------------------------------------------------------------- shared helpers
 
 
 def parse_args(argv: list[str]) -> tuple[str, dict[str, Any], list[str]]:
-    commands = ("train", "generate", "prepare", "eval", "speedrun")
+    commands = ("train", "generate", "prepare", "eval", "speedrun", "gpu")
     if not argv or argv[0] not in commands:
         raise SystemExit(f"usage: python -m nanugpt.bench {{{'|'.join(commands)}}} [overrides] [bench.KEY=VALUE]; got {argv[:1]}")
     bench = dict(BENCH_DEFAULTS)
@@ -180,15 +183,6 @@ def setup(cfg: DictConfig, bench: dict) -> tuple[torch.device, np.ndarray, np.nd
     return device, data.train, data.val
 
 
-def peak_flops(bench: dict, device: torch.device) -> float | None:
-    if bench["peak_flops"]:
-        return float(bench["peak_flops"])
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-    return None
-
-
 # ---------------------------------------------------------------- train
 
 
@@ -200,7 +194,8 @@ def bench_train(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
     T = cfg.model.context_length
     tokens_per_step = tcfg.global_batch_size * T
-    peak = peak_flops(bench, device)
+    # MFU's denominator as the trainer takes it: logging.peak_tflops, else the known-GPU table
+    peak = cfg.logging.peak_tflops * 1e12 if cfg.logging.peak_tflops else peak_flops(device, amp_dtype)
 
     model = instantiate(cfg.model)
     flops_per_token = model.flops_per_token()
@@ -212,24 +207,11 @@ def bench_train(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]
         net = torch.compile(net)
     batches = RandomWindowBatches(train_tokens, T, tcfg.global_batch_size, tcfg.device_batch_size, 0, 1, tcfg.seed, device)
 
+    info = dist.DistInfo(rank=0, local_rank=0, world_size=1, device=device)
+
     def nanugpt_step() -> float:
-        """The operations of one step of nanugpt/train.py's loop; returns seconds waiting on data."""
-        t = time.perf_counter()
-        micro = batches.next_step()
-        data_s = time.perf_counter() - t
-        totals = torch.zeros(3, dtype=torch.float64, device=device)
-        for x, y in micro:
-            with autocast:
-                _, loss, correct, count = net(x, y)
-            scaler.scale(loss / accum).backward()
-            totals += torch.stack([loss.detach().double(), correct.double(), count.double()])
-        pre_clip_norm = scaler.unscale_and_clip_(optimizer, model.parameters(), tcfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        totals[0].item(), (totals[1] / totals[2]).item(), pre_clip_norm.item()  # train.py's per-step logging syncs
-        return data_s
+        """The trainer's own step (nanugpt.train.train_step); returns seconds waiting on data."""
+        return train_step(net, model, optimizer, scheduler, scaler, batches, autocast, info, tcfg.grad_clip).data_s
 
     loops: dict[str, Callable[[], float]] = {"nanugpt": nanugpt_step}
 
@@ -257,7 +239,11 @@ def bench_train(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]
             return data_s
 
         loops["plain torch loop"] = plain_step
-    return device, time_train_steps(loops, bench, device, tokens_per_step, flops_per_token, peak)
+    rows = time_train_steps(loops, bench, device, tokens_per_step, flops_per_token, peak)
+    if device.type == "cuda":  # the process's peak over every loop timed
+        for row in rows:
+            row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return device, rows
 
 
 def time_train_steps(loops: dict[str, Callable[[], float]], bench: dict, device: torch.device, tokens_per_step: int, flops_per_token: int, peak: float | None) -> list[dict]:
@@ -477,8 +463,11 @@ def bench_speedrun(overrides: list[str], bench: dict) -> list[dict]:
                 raise SystemExit(f"speedrun repeat {i} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
             metrics = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
         evals = [(m["step"], m["val/loss"]) for m in metrics if "val/loss" in m]
+        # the first 10 steps hold compilation and warm-up
+        tokens_per_s = median([m["train/tokens_per_sec"] for m in metrics[10:] or metrics])
         first_hit = next((step for step, loss in evals if loss <= bench["target_loss"]), None)
         rows.append({"repeat": i, "wall_s": wall, "cpu_s": cpu, "steps": metrics[-1]["step"], "final_val_loss": evals[-1][1],
+                     "median_tokens_per_s": tokens_per_s, "final_train_loss": metrics[-1]["train/loss"],
                      "first_eval_step_at_target": first_hit, "load_avg_1m_at_start": round(load, 2)})  # fmt: skip
         print(f"repeat {i}: {wall:.1f} s wall ({cpu:.1f} CPU s), final val loss {evals[-1][1]:.4f} (load avg {load:.1f})", flush=True)
     walls, losses = [r["wall_s"] for r in rows], [r["final_val_loss"] for r in rows]
@@ -488,11 +477,145 @@ def bench_speedrun(overrides: list[str], bench: dict) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------- gpu
+
+# The GPU check: each section is one `python -m nanugpt.bench <what>` process (a crash or a hang
+# costs that section only, and each starts with an empty GPU), run in order of value until the
+# time budget runs out. GPT-2 shapes with random tokens where the data does not matter.
+GPT2 = ["model=gpt2_124m", "model.vocab_size=50257", "bench.synthetic=true", "bench.plain_loop=false"]
+FAST_GPU = ["training.compile=true", "optim=adamw_nanogpt"]  # fused AdamW on CUDA
+
+
+def batch(n: int) -> list[str]:
+    return [f"training.device_batch_size={n}", f"training.global_batch_size={n}"]
+
+
+GPU_SECTIONS: list[dict[str, Any]] = [
+    {"name": "gpt2_124m, batch 16, AdamW (and a plain torch loop)", "what": "train", "est_s": 120,
+     "args": [*GPT2, *FAST_GPU, *batch(16), "bench.plain_loop=true"]},
+    {"name": "baby GPT, 500 steps (nanogpt_shakespeare_char)", "what": "speedrun", "est_s": 90, "needs_data": True,
+     "args": ["bench.experiment=nanogpt_shakespeare_char", "bench.repeats=1", "training.max_steps=500", "eval.every=250",
+              "bench.target_loss=1.7", "bench.target_wall_s=120"]},
+    {"name": "gpt2_124m generate, batch 1 and 8, to context 1024", "what": "generate", "est_s": 60,
+     "args": ["model=gpt2_124m", "model.vocab_size=50257", "bench.prompt_tokens=8", "bench.new_tokens=1016", "bench.repeats=2"]},
+    {"name": "gpt2_124m, batch 64, AdamW", "what": "train", "est_s": 75, "args": [*GPT2, *FAST_GPU, *batch(64)]},
+    {"name": "gpt2_124m, batch 16, Muon", "what": "train", "est_s": 90, "args": [*GPT2, "training.compile=true", "optim=muon", *batch(16)]},
+    {"name": "gpt_modern_124m, batch 16, AdamW", "what": "train", "est_s": 90,
+     "args": ["model=gpt_modern_124m", *GPT2[1:], *FAST_GPU, *batch(16)]},
+    {"name": "llama3_1b, batch 4 x 2048, AdamW", "what": "train", "est_s": 120,
+     "args": ["model=llama3_1b", "model.vocab_size=128256", *GPT2[2:], *FAST_GPU, *batch(4)],
+     "dry_args": ["model.n_kv_head=2", "model.intermediate_size=128"]},
+    {"name": "gpt2_124m generate, compiled decode step", "what": "generate", "est_s": 90,
+     "args": ["model=gpt2_124m", "model.vocab_size=50257", "bench.prompt_tokens=8", "bench.new_tokens=1016", "bench.repeats=2",
+              "bench.batch_sizes=[1]", "bench.compile_decode=true"]},
+]  # fmt: skip
+
+# --dry-run: the same sections on a CPU at toy size, so CI proves the check runs end to end.
+DRY_RUN = [
+    "training.device=cpu", "training.compile=false", "model.n_layer=2", "model.n_head=2", "model.n_embd=32",
+    "model.context_length=32", "training.threads=1", "bench.warmup=1", "bench.steps=2", "bench.repeats=1",
+]  # fmt: skip
+DRY_RUN_BY_WHAT = {
+    "train": [*batch(4), "model.vocab_size=512"],
+    "generate": ["bench.new_tokens=24", "model.vocab_size=512", "bench.compile_decode=false"],
+    "speedrun": ["training.max_steps=6", "eval.every=3", "eval.iters=2", *batch(4)],
+}
+
+
+def bench_gpu(overrides: list[str], bench: dict) -> list[dict]:
+    """Run GPU_SECTIONS in order until `bench.budget_s` is spent, writing gpu.json (every row,
+    each section's command and the tail of its output) and gpu.md (a table per section) under
+    `bench.out_dir` after every section, so a cut-off run still leaves its figures."""
+    import os
+    import subprocess
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="nanugpt-gpu-check-")  # each section's own JSON; gpu.json gathers them
+    out_dir = Path(bench["out_dir"] or "bench-gpu")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.perf_counter() + bench["budget_s"]
+    dry = bench["dry_run"]
+    if not dry and not torch.cuda.is_available():
+        raise SystemExit("nanugpt.bench gpu: no CUDA device here. On a CPU pass bench.dry_run=true (toy sizes, proves the check runs).")
+    results: list[dict] = []
+    for i, section in enumerate(GPU_SECTIONS):
+        name, what = section["name"], section["what"]
+        args = [*section["args"], *(DRY_RUN + DRY_RUN_BY_WHAT[what] + section.get("dry_args", []) if dry else []), *overrides]
+        entry: dict[str, Any] = {"section": name, "bench": what, "args": args, "rows": []}
+        results.append(entry)
+        remaining = deadline - time.perf_counter()
+        if section.get("needs_data"):
+            if not bench["shakespeare_path"] or not Path(bench["shakespeare_path"]).is_file():
+                entry["status"] = f"skipped: bench.shakespeare_path={bench['shakespeare_path']} is not a file"
+                write_gpu_report(out_dir, results)
+                continue
+            # a dry run takes any text file in its place (tinyshakespeare is checked by sha256)
+            args += ["data=text", f"data.path={bench['shakespeare_path']}"] if dry else [f"data.local_path={bench['shakespeare_path']}"]
+        if not dry and remaining < section["est_s"]:
+            entry["status"] = f"skipped: {remaining:.0f} s of the {bench['budget_s']:.0f} s budget left, needs ~{section['est_s']} s"
+            write_gpu_report(out_dir, results)
+            continue
+        json_out = Path(scratch) / f"section{i}.json"
+        cmd = [sys.executable, "-m", "nanugpt.bench", what, *args, f"bench.out={json_out}"]
+        print(f"\n=== [{i + 1}/{len(GPU_SECTIONS)}] {name} ({remaining:.0f} s of budget left)\n$ {' '.join(cmd[1:])}", flush=True)
+        t = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(remaining, 1.0), env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            output = proc.stdout + proc.stderr
+            if proc.returncode == 0:
+                entry["status"] = "ok"
+                entry["rows"] = json.loads(json_out.read_text())["results"]
+                entry["machine"] = json.loads(json_out.read_text())["machine"]
+            else:
+                entry["status"] = f"failed: exit {proc.returncode}"
+        except subprocess.TimeoutExpired as err:
+            output = (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
+            entry["status"] = f"stopped at the budget after {time.perf_counter() - t:.0f} s"
+        entry["wall_s"] = time.perf_counter() - t
+        entry["log_tail"] = output[-4000:]
+        print(output[-3000:] if entry["status"] != "ok" else _table_lines(entry["rows"]), flush=True)
+        print(f"=== {name}: {entry['status']} in {entry['wall_s']:.0f} s", flush=True)
+        write_gpu_report(out_dir, results)
+    return results
+
+
+def _table_lines(rows: list[dict]) -> str:
+    flat = [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in rows]
+    if not flat:
+        return ""
+    cols = list(dict.fromkeys(k for r in flat for k in r))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in flat]
+    return "\n".join(lines)
+
+
+def write_gpu_report(out_dir: Path, results: list[dict]) -> None:
+    """gpu.json (everything) and gpu.md (one table per section), rewritten after each section."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    record = {"bench": "gpu", "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(device), "sections": results}
+    (out_dir / "gpu.json").write_text(json.dumps(record, indent=2, default=str))
+    machine = record["machine"]
+    lines = [f"# nanugpt GPU check: {machine.get('gpu', 'no GPU (dry run)')}, torch {machine['torch']}, {record['time_utc']}", ""]
+    for entry in results:
+        lines += [f"## {entry['section']}: {entry['status']}" + (f" ({entry['wall_s']:.0f} s)" if "wall_s" in entry else ""), ""]
+        lines += [f"`python -m nanugpt.bench {entry['bench']} {' '.join(entry['args'])}`", ""]
+        if entry["rows"]:
+            lines += [_table_lines(entry["rows"]), ""]
+    (out_dir / "gpu.md").write_text("\n".join(lines))
+
+
 # ---------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     what, bench, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    if what == "gpu":
+        results = bench_gpu(overrides, bench)
+        failed = [e["section"] for e in results if e["status"].startswith("failed")]
+        print(f"\nGPU check: {sum(e['status'] == 'ok' for e in results)}/{len(results)} sections ok; report in {bench['out_dir'] or 'bench-gpu'}/gpu.md")
+        if failed:
+            raise SystemExit(f"GPU check: failed sections: {'; '.join(failed)}")
+        return results
     if what == "speedrun":  # whole training processes: the config is composed in each of them
         cfg = compose_config([f"experiment={bench['experiment']}", *overrides])
         rows = bench_speedrun(overrides, bench)

@@ -14,6 +14,7 @@ import math
 import shlex
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -248,32 +249,12 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
 
     for step in range(start_step + 1, tcfg.max_steps + 1):  # `step` counts completed optimizer steps
         t0 = time.perf_counter()
-        totals = torch.zeros(4, dtype=torch.float64, device=info.device)  # loss, correct, count, stop flag
-        for micro_step, (x, y) in enumerate(train_batches.next_step()):
-            # DDP all-reduces gradients only on the last micro-step.
-            sync = not info.is_distributed or micro_step == accum - 1
-            with contextlib.nullcontext() if sync else net.no_sync(), autocast:
-                _, loss, correct, count = net(x, y)
-            scaler.scale(loss / accum).backward()
-            totals[:3] += torch.stack([loss.detach().double(), correct.double(), count.double()])
-        totals[3] = float(stop.requested)
-        dist.all_reduce_sum(totals, info)
-        preempted = totals[3].item() > 0  # a rank got SIGTERM/SIGUSR2: all finish this step, checkpoint, stop
-        train_loss = totals[0].item() / (accum * info.world_size)
-        pre_clip_norm = scaler.unscale_and_clip_(optimizer, model.parameters(), tcfg.grad_clip)  # scaler= group
-        # A NaN/inf loss or gradient would poison the weights: stop before the optimizer step (or
-        # skip it). The fp16 grad scaler skips such steps itself.
-        skipped = not (math.isfinite(train_loss) and math.isfinite(pre_clip_norm.item())) and not scaler.is_enabled()
-        if skipped and not tcfg.skip_nonfinite:
-            raise nonfinite_error(f"the train loss is {train_loss} and the grad norm {pre_clip_norm.item()}", step, ckpt_dir, skippable=True)
-        if skipped:
-            log.warning("Step %d: train loss %s, grad norm %s; skipping its optimizer step (training.skip_nonfinite=true).", step, train_loss, pre_clip_norm.item())
-            optimizer.zero_grad(set_to_none=True)
-        lr = optimizer.param_groups[0]["lr"]
-        scaler.step(optimizer)  # with zeroed grads (a skipped step) it changes nothing
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        stats = train_step(net, model, optimizer, scheduler, scaler, train_batches, autocast, info, tcfg.grad_clip, stop.requested)
+        preempted = stats.stop  # a rank got SIGTERM/SIGUSR2: all finish this step, checkpoint, stop
+        if stats.nonfinite and not tcfg.skip_nonfinite:
+            raise nonfinite_error(f"the train loss is {stats.loss} and the grad norm {stats.grad_norm}", step, ckpt_dir, skippable=True)
+        if stats.nonfinite:
+            log.warning("Step %d: train loss %s, grad norm %s; skipped its optimizer step (training.skip_nonfinite=true).", step, stats.loss, stats.grad_norm)
         if step == start_step + 1:  # optimizers create their state on the first step
             log.info("optimizer state: %.1f MB%s", state_bytes(optimizer.optim if zero1 else optimizer) / 2**20, " (rank 0's ZeRO-1 shard)" if zero1 else "")
 
@@ -286,16 +267,16 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
         eta_s = sec_per_step * (tcfg.max_steps - step)
         row: dict[str, Any] = {
             "step": step,
-            "train/loss": train_loss,
-            "train/acc": (totals[1] / totals[2]).item(),
-            "train/ppl": math.exp(min(train_loss, 50.0)),
+            "train/loss": stats.loss,
+            "train/acc": stats.acc,
+            "train/ppl": math.exp(min(stats.loss, 50.0)),
             "train/tokens_per_sec": tokens_per_step / dt,
-            "train/pre_clip_norm": pre_clip_norm.item(),
-            "run/lr": lr,
+            "train/pre_clip_norm": stats.grad_norm,
+            "run/lr": stats.lr,
             "run/eta_hr": eta_s / 3600,
             "run/tokens": step * tokens_per_step,
         }
-        if skipped:
+        if stats.nonfinite:
             row["train/skipped_nonfinite"] = 1
 
         is_last = step == tcfg.max_steps
@@ -305,7 +286,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
             if not math.isfinite(row["val/loss"]):  # the weights themselves are broken: never checkpoint them
                 raise nonfinite_error(f"the val loss is {row['val/loss']}", step, ckpt_dir, skippable=False)
             last_val_loss = row["val/loss"]
-            row["val/generalization_gap"] = row["val/loss"] - train_loss
+            row["val/generalization_gap"] = row["val/loss"] - stats.loss
             is_best = row["val/loss"] < best_val_loss
             best_val_loss = min(best_val_loss, row["val/loss"])
 
@@ -340,6 +321,64 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
     if info.is_master:
         finish_message(run_dir, ckpt_dir, best_val_loss, last_val_loss, loop_start)
     return best_val_loss
+
+
+@dataclass
+class StepStats:
+    """What one optimizer step reports; every rank gets the same values (all-reduced)."""
+
+    loss: float  # mean train loss over the global batch
+    acc: float
+    grad_norm: float  # global gradient norm before clipping
+    lr: float  # the lr this step used (param group 0)
+    stop: bool  # some rank asked to stop (SIGTERM/SIGUSR2/SIGINT): all stop after this step
+    nonfinite: bool  # loss or gradient not finite: the weights were not updated
+    data_s: float  # seconds spent waiting for this step's batches
+
+
+def train_step(
+    net: torch.nn.Module,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    batches: Any,
+    autocast: Any,
+    info: dist.DistInfo,
+    grad_clip: float,
+    stop_requested: bool = False,
+) -> StepStats:
+    """One optimizer step: the micro-batches of one global batch (gradient accumulation, DDP
+    all-reduce on the last one only), clip, step, schedule. The trainer and `nanugpt.bench` both
+    call this, so the benchmark times the code that trains."""
+    t = time.perf_counter()
+    micro_batches = batches.next_step()
+    data_s = time.perf_counter() - t
+    accum = len(micro_batches)
+    totals = torch.zeros(4, dtype=torch.float64, device=info.device)  # loss, correct, count, stop flag
+    for micro_step, (x, y) in enumerate(micro_batches):
+        # DDP all-reduces gradients only on the last micro-step.
+        sync = not info.is_distributed or micro_step == accum - 1
+        with contextlib.nullcontext() if sync else net.no_sync(), autocast:
+            _, loss, correct, count = net(x, y)
+        scaler.scale(loss / accum).backward()
+        totals[:3] += torch.stack([loss.detach().double(), correct.double(), count.double()])
+    totals[3] = float(stop_requested)
+    dist.all_reduce_sum(totals, info)
+    train_loss = totals[0].item() / (accum * info.world_size)
+    grad_norm = scaler.unscale_and_clip_(optimizer, model.parameters(), grad_clip).item()  # scaler= group
+    # A NaN/inf loss or gradient would poison the weights: drop the gradients, so the optimizer
+    # step below changes nothing. The fp16 grad scaler skips such steps itself.
+    nonfinite = not (math.isfinite(train_loss) and math.isfinite(grad_norm)) and not scaler.is_enabled()
+    if nonfinite:
+        optimizer.zero_grad(set_to_none=True)
+    lr = optimizer.param_groups[0]["lr"]
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    acc = (totals[1] / totals[2]).item()
+    return StepStats(train_loss, acc, grad_norm, lr, totals[3].item() > 0, nonfinite, data_s)
 
 
 def nonfinite_error(what: str, step: int, ckpt_dir: Path, skippable: bool) -> NonFiniteLossError:

@@ -40,7 +40,7 @@ def test_bench_train_reports_throughput_and_data_wait(tmp_path: Path) -> None:
         assert 0 <= row["data_wait_pct"] < 100
         assert len(row["step_ms_all"]) == 2  # one per repeat; the figure is their median
         assert row["mfu_pct"] is None  # no known peak on CPU
-    with_peak = run_bench("train", tmp_path, "bench.synthetic=true", "bench.plain_loop=false", "bench.peak_flops=1e12")
+    with_peak = run_bench("train", tmp_path, "bench.synthetic=true", "bench.plain_loop=false", "logging.peak_tflops=1")
     row = with_peak["results"][0]
     assert row["mfu_pct"] == pytest.approx(100 * row["tflops"] / 1.0)
 

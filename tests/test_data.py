@@ -131,3 +131,20 @@ def test_eval_batches_are_fixed_and_cover_ranks():
 def test_corpus_smaller_than_a_window_is_a_clear_error():
     with pytest.raises(ValueError, match="fewer than one context window"):
         RandomWindowBatches(np.arange(10, dtype=np.uint16), 16, 4, 4, 0, 1, 0, torch.device("cpu"))
+
+
+def test_prefetching_loader_gives_the_same_batches_and_resume_position():
+    """The GPU loader gathers step n+1 in a worker thread while step n computes; batches and the
+    saved resume position must be those of the plain loader (checked here on the CPU)."""
+    tokens = np.arange(5000, dtype=np.uint16)
+    make = lambda prefetch: RandomWindowBatches(tokens, 16, 8, 4, 0, 1, seed=5, device=torch.device("cpu"), prefetch=prefetch)
+    plain, ahead = make(False), make(True)
+    for _ in range(3):
+        for (x1, y1), (x2, y2) in zip(plain.next_step(), ahead.next_step(), strict=True):
+            assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    saved = ahead.state_dict()  # taken while step 4's windows are already drawn
+    expected = [x for x, _ in plain.next_step()]
+    resumed = make(True)
+    resumed.load_state_dict(saved)
+    assert all(torch.equal(a, b) for a, (b, _) in zip(expected, resumed.next_step(), strict=True))
+    assert all(torch.equal(a, b) for a, (b, _) in zip(expected, ahead.next_step(), strict=True))

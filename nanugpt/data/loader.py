@@ -7,6 +7,7 @@ same global batch at every step, and the generator state is an exact resume posi
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -15,12 +16,20 @@ import torch
 from nanugpt.errors import ConfigError
 
 
-def windows_to_batch(tokens: np.ndarray, offsets: torch.Tensor, context_length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = np.stack([tokens[i : i + context_length + 1] for i in offsets.tolist()]).astype(np.int64)
-    xy = torch.from_numpy(rows)
-    if device.type == "cuda":
-        xy = xy.pin_memory().to(device, non_blocking=True)
+def gather_windows(tokens: np.ndarray, offsets: torch.Tensor, context_length: int, pin: bool) -> torch.Tensor:
+    """(B, context_length + 1) int64 rows of `tokens` starting at `offsets`, on the host (pinned
+    for an asynchronous copy to a GPU when `pin`)."""
+    rows = torch.from_numpy(np.stack([tokens[i : i + context_length + 1] for i in offsets.tolist()]).astype(np.int64))
+    return rows.pin_memory() if pin else rows
+
+
+def to_device(rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    xy = rows.to(device, non_blocking=True)  # asynchronous from pinned memory
     return xy[:, :-1], xy[:, 1:]
+
+
+def windows_to_batch(tokens: np.ndarray, offsets: torch.Tensor, context_length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return to_device(gather_windows(tokens, offsets, context_length, device.type == "cuda"), device)
 
 
 def check_enough_tokens(tokens: np.ndarray, context_length: int, split: str) -> None:
@@ -43,6 +52,7 @@ class RandomWindowBatches:
         world_size: int,
         seed: int,
         device: torch.device,
+        prefetch: bool | None = None,
     ) -> None:
         check_enough_tokens(tokens, context_length, "train")
         self.tokens = tokens
@@ -53,20 +63,40 @@ class RandomWindowBatches:
         self.grad_accum_steps = global_batch_size // (device_batch_size * world_size)
         self.device = device
         self.generator = torch.Generator().manual_seed(seed)
+        # On a GPU the next step's windows are gathered into pinned memory by a worker thread
+        # while this step computes, so the GPU never waits on the host (default: on for CUDA).
+        self.prefetch = device.type == "cuda" if prefetch is None else prefetch
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="nanugpt-prefetch") if self.prefetch else None
+        self._pending: Future | None = None
+        self._resume_state = self.generator.get_state()
+
+    def _gather_next(self) -> list[torch.Tensor]:
+        offsets = torch.randint(len(self.tokens) - self.context_length - 1, (self.global_batch_size,), generator=self.generator)
+        mine = offsets.view(self.grad_accum_steps, self.world_size, self.device_batch_size)[:, self.rank]
+        return [gather_windows(self.tokens, o, self.context_length, self.device.type == "cuda") for o in mine]
 
     def next_step(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's micro-batches for one optimizer step."""
-        offsets = torch.randint(
-            len(self.tokens) - self.context_length - 1, (self.global_batch_size,), generator=self.generator
-        )
-        mine = offsets.view(self.grad_accum_steps, self.world_size, self.device_batch_size)[:, self.rank]
-        return [windows_to_batch(self.tokens, o, self.context_length, self.device) for o in mine]
+        if self._pool is None:
+            host = self._gather_next()
+            self._resume_state = None
+        else:
+            host = self._pending.result() if self._pending is not None else self._gather_next()
+            # Resume position: after this step's draw, before the prefetched one's.
+            self._resume_state = self.generator.get_state()
+            self._pending = self._pool.submit(self._gather_next)
+        return [to_device(rows, self.device) for rows in host]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
+        state = self._resume_state if self._resume_state is not None else self.generator.get_state()
+        return {"generator": state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._pending is not None:
+            self._pending.result()  # let the worker finish with the generator before resetting it
+            self._pending = None
         self.generator.set_state(state["generator"])
+        self._resume_state = self.generator.get_state()
 
 
 def fixed_eval_batches(
