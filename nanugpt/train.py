@@ -254,7 +254,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
         if stats.nonfinite and not tcfg.skip_nonfinite:
             raise nonfinite_error(f"the train loss is {stats.loss} and the grad norm {stats.grad_norm}", step, ckpt_dir, skippable=True)
         if stats.nonfinite:
-            log.warning("Step %d: train loss %s, grad norm %s; skipped its optimizer step (training.skip_nonfinite=true).", step, stats.loss, stats.grad_norm)
+            log.warning("Step %d: train loss %s, grad norm %s; skipping its optimizer step (training.skip_nonfinite=true).", step, stats.loss, stats.grad_norm)
         if step == start_step + 1:  # optimizers create their state on the first step
             log.info("optimizer state: %.1f MB%s", state_bytes(optimizer.optim if zero1 else optimizer) / 2**20, " (rank 0's ZeRO-1 shard)" if zero1 else "")
 
