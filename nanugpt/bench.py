@@ -22,8 +22,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,7 +72,9 @@ BENCH_DEFAULTS: dict[str, Any] = {
 def parse_args(argv: list[str]) -> tuple[str, dict[str, Any], list[str]]:
     commands = ("train", "generate", "prepare", "eval", "speedrun", "gpu")
     if not argv or argv[0] not in commands:
-        raise SystemExit(f"usage: python -m nanugpt.bench {{{'|'.join(commands)}}} [overrides] [bench.KEY=VALUE]; got {argv[:1]}")
+        raise SystemExit(
+            f"usage: python -m nanugpt.bench {{{'|'.join(commands)}}} [overrides] [bench.KEY=VALUE]; got {argv[:1]}"
+        )
     bench = dict(BENCH_DEFAULTS)
     overrides = []
     for arg in argv[1:]:
@@ -132,10 +135,10 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
     cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     print(f"\n{title}")
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=False)))
     print("  ".join("-" * w for w in widths))
     for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)))
 
 
 def _fmt(v: Any) -> str:
@@ -177,7 +180,11 @@ def setup(cfg: DictConfig, bench: dict) -> tuple[torch.device, np.ndarray, np.nd
         set_vocab_size(cfg, vocab)
         rng = np.random.default_rng(0)
         n = max(1_000_000, 4 * cfg.training.global_batch_size * (cfg.model.context_length + 1))
-        return device, rng.integers(0, vocab, n, dtype=np.int64).astype(np.uint32), rng.integers(0, vocab, n // 10, dtype=np.int64).astype(np.uint32)
+        return (
+            device,
+            rng.integers(0, vocab, n, dtype=np.int64).astype(np.uint32),
+            rng.integers(0, vocab, n // 10, dtype=np.int64).astype(np.uint32),
+        )
     data = prepare_data(cfg)
     set_vocab_size(cfg, data.vocab_size)
     return device, data.train, data.val
@@ -205,7 +212,9 @@ def bench_train(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]
     scaler = instantiate(cfg.scaler)(device.type, float16=amp_dtype == torch.float16)
     if tcfg.compile:
         net = torch.compile(net)
-    batches = RandomWindowBatches(train_tokens, T, tcfg.global_batch_size, tcfg.device_batch_size, 0, 1, tcfg.seed, device)
+    batches = RandomWindowBatches(
+        train_tokens, T, tcfg.global_batch_size, tcfg.device_batch_size, 0, 1, tcfg.seed, device
+    )
 
     info = dist.DistInfo(rank=0, local_rank=0, world_size=1, device=device)
 
@@ -227,7 +236,7 @@ def bench_train(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]
             ix = torch.randint(len(tokens_t) - T - 1, (tcfg.global_batch_size,))
             xy = torch.stack([tokens_t[i : i + T + 1] for i in ix.tolist()]).to(device)
             data_s = time.perf_counter() - t
-            for x, y in zip(xy[:, :-1].chunk(accum), xy[:, 1:].chunk(accum)):
+            for x, y in zip(xy[:, :-1].chunk(accum), xy[:, 1:].chunk(accum), strict=False):
                 with autocast:
                     logits = plain_model.logits(step_model(x))
                     loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
@@ -246,7 +255,14 @@ def bench_train(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]
     return device, rows
 
 
-def time_train_steps(loops: dict[str, Callable[[], float]], bench: dict, device: torch.device, tokens_per_step: int, flops_per_token: int, peak: float | None) -> list[dict]:
+def time_train_steps(
+    loops: dict[str, Callable[[], float]],
+    bench: dict,
+    device: torch.device,
+    tokens_per_step: int,
+    flops_per_token: int,
+    peak: float | None,
+) -> list[dict]:
     """Warm each loop up, then time `bench.steps` steps of each in turn per repeat (interleaved,
     so a load change on a shared machine hits every loop alike); figures are medians."""
     warmup_s = {}
@@ -276,17 +292,19 @@ def time_train_steps(loops: dict[str, Callable[[], float]], bench: dict, device:
         sec = median(step_s[name])
         tps = tokens_per_step / sec
         achieved = flops_per_token * tps
-        rows.append({
-            "loop": name,
-            "step_ms": sec * 1e3,
-            "cpu_ms_per_step": median(cpu_s[name]) * 1e3,
-            "tokens_per_s": tps,
-            "data_wait_pct": 100 * median(data_share[name]),
-            "tflops": achieved / 1e12,
-            "mfu_pct": 100 * achieved / peak if peak else None,
-            "warmup_s": warmup_s[name],
-            "step_ms_all": [round(x * 1e3, 3) for x in step_s[name]],
-        })  # fmt: skip
+        rows.append(
+            {
+                "loop": name,
+                "step_ms": sec * 1e3,
+                "cpu_ms_per_step": median(cpu_s[name]) * 1e3,
+                "tokens_per_s": tps,
+                "data_wait_pct": 100 * median(data_share[name]),
+                "tflops": achieved / 1e12,
+                "mfu_pct": 100 * achieved / peak if peak else None,
+                "warmup_s": warmup_s[name],
+                "step_ms_all": [round(x * 1e3, 3) for x in step_s[name]],
+            }
+        )
     if len(rows) == 2:
         rows[0]["x_vs_plain"] = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
     return rows
@@ -306,7 +324,9 @@ def bench_eval(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]:
     amp_dtype = autocast_dtype(cfg.training.dtype, device)
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
     info = dist.DistInfo(rank=0, local_rank=0, world_size=1, device=device)
-    batches = fixed_eval_batches(val_tokens, cfg.model.context_length, cfg.training.device_batch_size, cfg.eval.iters, 0, 1, device)
+    batches = fixed_eval_batches(
+        val_tokens, cfg.model.context_length, cfg.training.device_batch_size, cfg.eval.iters, 0, 1, device
+    )
     for _ in range(max(1, bench["warmup"] // 3)):
         evaluate(net, batches, autocast, info)
     times = []
@@ -318,7 +338,15 @@ def bench_eval(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]:
         times.append(time.perf_counter() - t)
     tokens = cfg.eval.iters * cfg.training.device_batch_size * cfg.model.context_length
     sec = median(times)
-    return device, [{"eval_iters": cfg.eval.iters, "batch": cfg.training.device_batch_size, "tokens": tokens, "sec_per_eval": sec, "tokens_per_s": tokens / sec}]
+    return device, [
+        {
+            "eval_iters": cfg.eval.iters,
+            "batch": cfg.training.device_batch_size,
+            "tokens": tokens,
+            "sec_per_eval": sec,
+            "tokens_per_s": tokens / sec,
+        }
+    ]
 
 
 # ---------------------------------------------------------------- generate
@@ -345,13 +373,18 @@ def bench_generate(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dic
         ("KV cache, half-window", {"use_cache": True}),
     ]
     if bench["compile_decode"]:
-        variants.append(("KV cache + compiled decode", {"use_cache": True, "decode_step": torch.compile(model, dynamic=True)}))
+        variants.append(
+            ("KV cache + compiled decode", {"use_cache": True, "decode_step": torch.compile(model, dynamic=True)})
+        )
     rows = []
     for batch in bench["batch_sizes"]:
         prompt = torch.randint(0, model.vocab_size, (batch, bench["prompt_tokens"]), device=device)
         baseline = None
         for name, kw in variants:
-            run = lambda: generate(model, prompt, bench["new_tokens"], temperature=0, **kw)  # noqa: E731
+
+            def run(prompt: torch.Tensor = prompt, kw: dict = kw) -> torch.Tensor:
+                return generate(model, prompt, bench["new_tokens"], temperature=0, **kw)
+
             for _ in range(max(1, bench["warmup"] // 3)):
                 out = run()
             times, cpu = [], []
@@ -364,11 +397,18 @@ def bench_generate(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dic
                 cpu.append(time.process_time() - c)
             tps = batch * bench["new_tokens"] / median(times)
             baseline = baseline or tps
-            rows.append({
-                "batch": batch, "path": name, "new_tokens": bench["new_tokens"], "sec": median(times),
-                "cpu_sec": median(cpu), "tokens_per_s": tps, "x_vs_slide": tps / baseline,
-                "greedy_tokens": out[0, -8:].tolist(),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "batch": batch,
+                    "path": name,
+                    "new_tokens": bench["new_tokens"],
+                    "sec": median(times),
+                    "cpu_sec": median(cpu),
+                    "tokens_per_s": tps,
+                    "x_vs_slide": tps / baseline,
+                    "greedy_tokens": out[0, -8:].tolist(),
+                }
+            )
     return device, rows
 
 
@@ -408,10 +448,17 @@ def bench_prepare(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict
         # the real rank files' checksums, and the bench also takes other rank files)
         ours = SimpleNamespace(enc=enc)
         chunks = split_for_batch(text)
-        rows.append(timed("tiktoken encode_ordinary_batch (raw)", lambda: sum(len(c) for c in enc.encode_ordinary_batch(chunks))))
+        rows.append(
+            timed(
+                "tiktoken encode_ordinary_batch (raw)", lambda: sum(len(c) for c in enc.encode_ordinary_batch(chunks))
+            )
+        )
         raw = rows[-1]["sec"]
         for name, fn in [
-            ("nanugpt .encode_batch (hub data path)", lambda: sum(len(a) for a in TiktokenTokenizer.encode_batch(ours, chunks))),
+            (
+                "nanugpt .encode_batch (hub data path)",
+                lambda: sum(len(a) for a in TiktokenTokenizer.encode_batch(ours, chunks)),
+            ),
             ("nanugpt .encode (local text path: split + batch)", lambda: len(TiktokenTokenizer.encode(ours, text))),
         ]:
             rows.append(timed(name, fn))
@@ -431,7 +478,9 @@ def load_tiktoken_file(path: str | None) -> Any:
     ranks = load_tiktoken_bpe(str(file))
     # r50k_base's pre-tokenizer (tiktoken_ext.openai_public)
     pat = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-    return tiktoken.Encoding(name=file.stem, pat_str=pat, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": len(ranks)})
+    return tiktoken.Encoding(
+        name=file.stem, pat_str=pat, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": len(ranks)}
+    )
 
 
 # ---------------------------------------------------------------- speedrun
@@ -450,8 +499,16 @@ def bench_speedrun(overrides: list[str], bench: dict) -> list[dict]:
     rows = []
     for i in range(bench["repeats"]):
         with tempfile.TemporaryDirectory(prefix="nanugpt-speedrun-") as tmp:
-            cmd = [sys.executable, "-m", "nanugpt.train", f"experiment={bench['experiment']}", *overrides,
-                   f"paths.data_dir={tmp}/data", f"hydra.run.dir={tmp}/run", "logging.wandb.mode=disabled"]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "nanugpt.train",
+                f"experiment={bench['experiment']}",
+                *overrides,
+                f"paths.data_dir={tmp}/data",
+                f"hydra.run.dir={tmp}/run",
+                "logging.wandb.mode=disabled",
+            ]
             load = os.getloadavg()[0]
             cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             t = time.perf_counter()
@@ -460,20 +517,43 @@ def bench_speedrun(overrides: list[str], bench: dict) -> list[dict]:
             cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)  # what load cannot inflate much
             if proc.returncode != 0:
-                raise SystemExit(f"speedrun repeat {i} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+                raise SystemExit(
+                    f"speedrun repeat {i} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+                )
             metrics = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
         evals = [(m["step"], m["val/loss"]) for m in metrics if "val/loss" in m]
         # the first 10 steps hold compilation and warm-up
         tokens_per_s = median([m["train/tokens_per_sec"] for m in metrics[10:] or metrics])
         first_hit = next((step for step, loss in evals if loss <= bench["target_loss"]), None)
-        rows.append({"repeat": i, "wall_s": wall, "cpu_s": cpu, "steps": metrics[-1]["step"], "final_val_loss": evals[-1][1],
-                     "median_tokens_per_s": tokens_per_s, "final_train_loss": metrics[-1]["train/loss"],
-                     "first_eval_step_at_target": first_hit, "load_avg_1m_at_start": round(load, 2)})  # fmt: skip
-        print(f"repeat {i}: {wall:.1f} s wall ({cpu:.1f} CPU s), final val loss {evals[-1][1]:.4f} (load avg {load:.1f})", flush=True)
+        rows.append(
+            {
+                "repeat": i,
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "steps": metrics[-1]["step"],
+                "final_val_loss": evals[-1][1],
+                "median_tokens_per_s": tokens_per_s,
+                "final_train_loss": metrics[-1]["train/loss"],
+                "first_eval_step_at_target": first_hit,
+                "load_avg_1m_at_start": round(load, 2),
+            }
+        )
+        print(
+            f"repeat {i}: {wall:.1f} s wall ({cpu:.1f} CPU s), final val loss {evals[-1][1]:.4f} (load avg {load:.1f})",
+            flush=True,
+        )
     walls, losses = [r["wall_s"] for r in rows], [r["final_val_loss"] for r in rows]
     ok = median(walls) <= bench["target_wall_s"] and max(losses) <= bench["target_loss"]
-    rows.append({"repeat": "median", "wall_s": median(walls), "cpu_s": median([r["cpu_s"] for r in rows]), "final_val_loss": median(losses),
-                 "worst_val_loss": max(losses), "goal_met": ok})  # fmt: skip
+    rows.append(
+        {
+            "repeat": "median",
+            "wall_s": median(walls),
+            "cpu_s": median([r["cpu_s"] for r in rows]),
+            "final_val_loss": median(losses),
+            "worst_val_loss": max(losses),
+            "goal_met": ok,
+        }
+    )
     return rows
 
 
@@ -491,30 +571,87 @@ def batch(n: int) -> list[str]:
 
 
 GPU_SECTIONS: list[dict[str, Any]] = [
-    {"name": "gpt2_124m, batch 16, AdamW (and a plain torch loop)", "what": "train", "est_s": 120,
-     "args": [*GPT2, *FAST_GPU, *batch(16), "bench.plain_loop=true"]},
-    {"name": "baby GPT, 500 steps (nanogpt_shakespeare_char)", "what": "speedrun", "est_s": 90, "needs_data": True,
-     "args": ["bench.experiment=nanogpt_shakespeare_char", "bench.repeats=1", "training.max_steps=500", "eval.every=250",
-              "bench.target_loss=1.7", "bench.target_wall_s=120"]},
-    {"name": "gpt2_124m generate, batch 1 and 8, to context 1024", "what": "generate", "est_s": 60,
-     "args": ["model=gpt2_124m", "model.vocab_size=50257", "bench.prompt_tokens=8", "bench.new_tokens=1016", "bench.repeats=2"]},
+    {
+        "name": "gpt2_124m, batch 16, AdamW (and a plain torch loop)",
+        "what": "train",
+        "est_s": 120,
+        "args": [*GPT2, *FAST_GPU, *batch(16), "bench.plain_loop=true"],
+    },
+    {
+        "name": "baby GPT, 500 steps (nanogpt_shakespeare_char)",
+        "what": "speedrun",
+        "est_s": 90,
+        "needs_data": True,
+        "args": [
+            "bench.experiment=nanogpt_shakespeare_char",
+            "bench.repeats=1",
+            "training.max_steps=500",
+            "eval.every=250",
+            "bench.target_loss=1.7",
+            "bench.target_wall_s=120",
+        ],
+    },
+    {
+        "name": "gpt2_124m generate, batch 1 and 8, to context 1024",
+        "what": "generate",
+        "est_s": 60,
+        "args": [
+            "model=gpt2_124m",
+            "model.vocab_size=50257",
+            "bench.prompt_tokens=8",
+            "bench.new_tokens=1016",
+            "bench.repeats=2",
+        ],
+    },
     {"name": "gpt2_124m, batch 64, AdamW", "what": "train", "est_s": 75, "args": [*GPT2, *FAST_GPU, *batch(64)]},
-    {"name": "gpt2_124m, batch 16, Muon", "what": "train", "est_s": 90, "args": [*GPT2, "training.compile=true", "optim=muon", *batch(16)]},
-    {"name": "gpt_modern_124m, batch 16, AdamW", "what": "train", "est_s": 90,
-     "args": ["model=gpt_modern_124m", *GPT2[1:], *FAST_GPU, *batch(16)]},
-    {"name": "llama3_1b, batch 4 x 2048, AdamW", "what": "train", "est_s": 120,
-     "args": ["model=llama3_1b", "model.vocab_size=128256", *GPT2[2:], *FAST_GPU, *batch(4)],
-     "dry_args": ["model.n_kv_head=2", "model.intermediate_size=128"]},
-    {"name": "gpt2_124m generate, compiled decode step", "what": "generate", "est_s": 90,
-     "args": ["model=gpt2_124m", "model.vocab_size=50257", "bench.prompt_tokens=8", "bench.new_tokens=1016", "bench.repeats=2",
-              "bench.batch_sizes=[1]", "bench.compile_decode=true"]},
-]  # fmt: skip
+    {
+        "name": "gpt2_124m, batch 16, Muon",
+        "what": "train",
+        "est_s": 90,
+        "args": [*GPT2, "training.compile=true", "optim=muon", *batch(16)],
+    },
+    {
+        "name": "gpt_modern_124m, batch 16, AdamW",
+        "what": "train",
+        "est_s": 90,
+        "args": ["model=gpt_modern_124m", *GPT2[1:], *FAST_GPU, *batch(16)],
+    },
+    {
+        "name": "llama3_1b, batch 4 x 2048, AdamW",
+        "what": "train",
+        "est_s": 120,
+        "args": ["model=llama3_1b", "model.vocab_size=128256", *GPT2[2:], *FAST_GPU, *batch(4)],
+        "dry_args": ["model.n_kv_head=2", "model.intermediate_size=128"],
+    },
+    {
+        "name": "gpt2_124m generate, compiled decode step",
+        "what": "generate",
+        "est_s": 90,
+        "args": [
+            "model=gpt2_124m",
+            "model.vocab_size=50257",
+            "bench.prompt_tokens=8",
+            "bench.new_tokens=1016",
+            "bench.repeats=2",
+            "bench.batch_sizes=[1]",
+            "bench.compile_decode=true",
+        ],
+    },
+]
 
 # --dry-run: the same sections on a CPU at toy size, so CI proves the check runs end to end.
 DRY_RUN = [
-    "training.device=cpu", "training.compile=false", "model.n_layer=2", "model.n_head=2", "model.n_embd=32",
-    "model.context_length=32", "training.threads=1", "bench.warmup=1", "bench.steps=2", "bench.repeats=1",
-]  # fmt: skip
+    "training.device=cpu",
+    "training.compile=false",
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.context_length=32",
+    "training.threads=1",
+    "bench.warmup=1",
+    "bench.steps=2",
+    "bench.repeats=1",
+]
 DRY_RUN_BY_WHAT = {
     "train": [*batch(4), "model.vocab_size=512"],
     "generate": ["bench.new_tokens=24", "model.vocab_size=512", "bench.compile_decode=false"],
@@ -536,11 +673,18 @@ def bench_gpu(overrides: list[str], bench: dict) -> list[dict]:
     deadline = time.perf_counter() + bench["budget_s"]
     dry = bench["dry_run"]
     if not dry and not torch.cuda.is_available():
-        raise SystemExit("nanugpt.bench gpu: no CUDA device here. On a CPU pass bench.dry_run=true (toy sizes, proves the check runs).")
+        raise SystemExit(
+            "nanugpt.bench gpu: no CUDA device here. On a CPU pass bench.dry_run=true (toy sizes, proves the check "
+            "runs)."
+        )
     results: list[dict] = []
     for i, section in enumerate(GPU_SECTIONS):
         name, what = section["name"], section["what"]
-        args = [*section["args"], *(DRY_RUN + DRY_RUN_BY_WHAT[what] + section.get("dry_args", []) if dry else []), *overrides]
+        args = [
+            *section["args"],
+            *(DRY_RUN + DRY_RUN_BY_WHAT[what] + section.get("dry_args", []) if dry else []),
+            *overrides,
+        ]
         entry: dict[str, Any] = {"section": name, "bench": what, "args": args, "rows": []}
         results.append(entry)
         remaining = deadline - time.perf_counter()
@@ -550,17 +694,32 @@ def bench_gpu(overrides: list[str], bench: dict) -> list[dict]:
                 write_gpu_report(out_dir, results)
                 continue
             # a dry run takes any text file in its place (tinyshakespeare is checked by sha256)
-            args += ["data=text", f"data.path={bench['shakespeare_path']}"] if dry else [f"data.local_path={bench['shakespeare_path']}"]
+            args += (
+                ["data=text", f"data.path={bench['shakespeare_path']}"]
+                if dry
+                else [f"data.local_path={bench['shakespeare_path']}"]
+            )
         if not dry and remaining < section["est_s"]:
-            entry["status"] = f"skipped: {remaining:.0f} s of the {bench['budget_s']:.0f} s budget left, needs ~{section['est_s']} s"
+            entry["status"] = (
+                f"skipped: {remaining:.0f} s of the {bench['budget_s']:.0f} s budget left, needs ~{section['est_s']} s"
+            )
             write_gpu_report(out_dir, results)
             continue
         json_out = Path(scratch) / f"section{i}.json"
         cmd = [sys.executable, "-m", "nanugpt.bench", what, *args, f"bench.out={json_out}"]
-        print(f"\n=== [{i + 1}/{len(GPU_SECTIONS)}] {name} ({remaining:.0f} s of budget left)\n$ {' '.join(cmd[1:])}", flush=True)
+        print(
+            f"\n=== [{i + 1}/{len(GPU_SECTIONS)}] {name} ({remaining:.0f} s of budget left)\n$ {' '.join(cmd[1:])}",
+            flush=True,
+        )
         t = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(remaining, 1.0), env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            proc = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                timeout=max(remaining, 1.0),
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
             output = proc.stdout + proc.stderr
             if proc.returncode == 0:
                 entry["status"] = "ok"
@@ -569,7 +728,9 @@ def bench_gpu(overrides: list[str], bench: dict) -> list[dict]:
             else:
                 entry["status"] = f"failed: exit {proc.returncode}"
         except subprocess.TimeoutExpired as err:
-            output = (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
+            output = (
+                (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
+            )
             entry["status"] = f"stopped at the budget after {time.perf_counter() - t:.0f} s"
         entry["wall_s"] = time.perf_counter() - t
         entry["log_tail"] = output[-4000:]
@@ -592,12 +753,24 @@ def _table_lines(rows: list[dict]) -> str:
 def write_gpu_report(out_dir: Path, results: list[dict]) -> None:
     """gpu.json (everything) and gpu.md (one table per section), rewritten after each section."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    record = {"bench": "gpu", "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(device), "sections": results}
+    record = {
+        "bench": "gpu",
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(device),
+        "sections": results,
+    }
     (out_dir / "gpu.json").write_text(json.dumps(record, indent=2, default=str))
     machine = record["machine"]
-    lines = [f"# nanugpt GPU check: {machine.get('gpu', 'no GPU (dry run)')}, torch {machine['torch']}, {record['time_utc']}", ""]
+    lines = [
+        f"# nanugpt GPU check: {machine.get('gpu', 'no GPU (dry run)')}, torch {machine['torch']}, "
+        f"{record['time_utc']}",
+        "",
+    ]
     for entry in results:
-        lines += [f"## {entry['section']}: {entry['status']}" + (f" ({entry['wall_s']:.0f} s)" if "wall_s" in entry else ""), ""]
+        lines += [
+            f"## {entry['section']}: {entry['status']}" + (f" ({entry['wall_s']:.0f} s)" if "wall_s" in entry else ""),
+            "",
+        ]
         lines += [f"`python -m nanugpt.bench {entry['bench']} {' '.join(entry['args'])}`", ""]
         if entry["rows"]:
             lines += [_table_lines(entry["rows"]), ""]
@@ -612,20 +785,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if what == "gpu":
         results = bench_gpu(overrides, bench)
         failed = [e["section"] for e in results if e["status"].startswith("failed")]
-        print(f"\nGPU check: {sum(e['status'] == 'ok' for e in results)}/{len(results)} sections ok; report in {bench['out_dir'] or 'bench-gpu'}/gpu.md")
+        print(
+            f"\nGPU check: {sum(e['status'] == 'ok' for e in results)}/{len(results)} sections ok; report in "
+            f"{bench['out_dir'] or 'bench-gpu'}/gpu.md"
+        )
         if failed:
             raise SystemExit(f"GPU check: failed sections: {'; '.join(failed)}")
         return results
     if what == "speedrun":  # whole training processes: the config is composed in each of them
         cfg = compose_config([f"experiment={bench['experiment']}", *overrides])
         rows = bench_speedrun(overrides, bench)
-        print_table(f"nanugpt bench speedrun | torch {torch.__version__} | {bench['experiment']} | goal: val loss <= {bench['target_loss']} in <= {bench['target_wall_s']} s", rows)
+        print_table(
+            f"nanugpt bench speedrun | torch {torch.__version__} | {bench['experiment']} | goal: val loss <= "
+            f"{bench['target_loss']} in <= {bench['target_wall_s']} s",
+            rows,
+        )
         write_json(what, bench, cfg, torch.device("cpu"), rows)
         return rows
     cfg = compose_config(overrides)
     run = {"train": bench_train, "eval": bench_eval, "generate": bench_generate, "prepare": bench_prepare}[what]
     device, rows = run(cfg, bench)
-    print_table(f"nanugpt bench {what} | torch {torch.__version__} | {device} | threads {torch.get_num_threads()} | load avg {__import__('os').getloadavg()[0]:.1f}", [{k: v for k, v in r.items() if not isinstance(v, list)} for r in rows])
+    print_table(
+        f"nanugpt bench {what} | torch {torch.__version__} | {device} | threads {torch.get_num_threads()} | load avg "
+        f"{__import__('os').getloadavg()[0]:.1f}",
+        [{k: v for k, v in r.items() if not isinstance(v, list)} for r in rows],
+    )
     write_json(what, bench, cfg, device, rows)
     return rows
 

@@ -24,8 +24,9 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,7 +63,12 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(np_state[1].copy()), "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "key": torch.from_numpy(np_state[1].copy()),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -106,8 +112,10 @@ def restore_rng_state(states: list[dict[str, Any]], rank: int, world_size: int) 
     if len(states) != world_size:
         log.warning(
             "The checkpoint holds RNG states for %d rank(s) but this run has %d; every rank takes rank 0's. "
-            "Training continues, but not bit-identically to the original run.", len(states), world_size,
-        )  # fmt: skip
+            "Training continues, but not bit-identically to the original run.",
+            len(states),
+            world_size,
+        )
         rank = 0
     set_rng_state(states[rank])
 
@@ -137,7 +145,9 @@ def _step_files(ckpt_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save_checkpoint(ckpt_dir: Path, state: dict[str, Any], step: int, val_loss: float | None, is_best: bool, keep_last: int = 2) -> Path:
+def save_checkpoint(
+    ckpt_dir: Path, state: dict[str, Any], step: int, val_loss: float | None, is_best: bool, keep_last: int = 2
+) -> Path:
     """Write `step_<step>.pt`, point last.pt (and best.pt when `is_best`) at it, log it, and
     delete step files beyond the newest `keep_last`. Returns the step file."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -153,7 +163,9 @@ def save_checkpoint(ckpt_dir: Path, state: dict[str, Any], step: int, val_loss: 
 
         step_files = _step_files(ckpt_dir)
         doomed = {p.name for _, p in step_files[: max(len(step_files) - keep_last, 0)]}
-        entries = [e for e in read_log(ckpt_dir) if e.get("path") not in doomed and (ckpt_dir / str(e.get("path"))).is_file()]
+        entries = [
+            e for e in read_log(ckpt_dir) if e.get("path") not in doomed and (ckpt_dir / str(e.get("path"))).is_file()
+        ]
         if path.name not in doomed:
             entries.append({"step": step, "path": path.name, "val_loss": val_loss})
         entries.append({"step": step, "path": "last.pt", "val_loss": val_loss})
@@ -192,7 +204,9 @@ def _save_errors(ckpt_dir: Path, path: Path, step: int) -> Iterator[None]:
                 f"file size limit, `ulimit -f`, or the filesystem's largest file). {kept} Raise the limit "
                 f"(ulimit -f unlimited) or point hydra.run.dir at another filesystem, {rerun}"
             ) from err
-        raise CheckpointError(f"Could not write checkpoint {path} for step {step} ({err}). {kept} Fix the cause, {rerun}") from err
+        raise CheckpointError(
+            f"Could not write checkpoint {path} for step {step} ({err}). {kept} Fix the cause, {rerun}"
+        ) from err
 
 
 def _os_error(err: BaseException | None) -> OSError | None:
@@ -238,12 +252,14 @@ def newest_good_checkpoint(ckpt_dir: Path, skip: Path | None = None) -> tuple[Pa
 def _unreadable(path: Path, err: Exception) -> CheckpointError:
     good = newest_good_checkpoint(path.parent, skip=path)
     hint = (
-        f"The newest checkpoint there that loads is {good[0]} (step {good[1].get('step', '?')}); pass that path instead."
+        f"The newest checkpoint there that loads is {good[0]} (step {good[1].get('step', '?')}); pass that path "
+        "instead."
         if good
         else f"No other checkpoint in {path.parent} loads either."
     )
     return CheckpointError(
-        f"Checkpoint {path} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+        f"Checkpoint {path} could not be loaded ({type(err).__name__}: "
+        f"{str(err).splitlines()[0] if str(err) else ''}); "
         f"it is truncated, corrupt or not a nanugpt checkpoint. {hint}"
     )
 
@@ -251,7 +267,10 @@ def _unreadable(path: Path, err: Exception) -> CheckpointError:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path).expanduser()
     if not path.is_file():
-        raise CheckpointError(f"Checkpoint {path} does not exist; pass the path of a .pt file that nanugpt.train wrote (e.g. <run dir>/checkpoints/last.pt).")
+        raise CheckpointError(
+            f"Checkpoint {path} does not exist; pass the path of a .pt file that nanugpt.train wrote (e.g. <run "
+            "dir>/checkpoints/last.pt)."
+        )
     try:
         return _torch_load(path, map_location)
     except Exception as err:
@@ -272,7 +291,12 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> tuple[Path, dict[str, 
         try:
             return path, _torch_load(path)
         except Exception as err:
-            log.warning("Checkpoint %s could not be loaded (%s: %s); trying an older one.", path, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+            log.warning(
+                "Checkpoint %s could not be loaded (%s: %s); trying an older one.",
+                path,
+                type(err).__name__,
+                str(err).splitlines()[0] if str(err) else "",
+            )
     if ckpt_dir.is_dir() and any(ckpt_dir.glob("*.pt")):
         raise CheckpointError(
             f"No checkpoint in {ckpt_dir} loads: all are truncated or corrupt. Start over with "
@@ -281,12 +305,22 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> tuple[Path, dict[str, 
     return None
 
 
-def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: Path, saved_model_cfg: dict | None, model_cfg: dict) -> None:
+def load_model_state(
+    model: torch.nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    source: Path,
+    saved_model_cfg: dict | None,
+    model_cfg: dict,
+) -> None:
     """load_state_dict, but a checkpoint built for another model shape gets one paragraph
     naming both shapes and the fix instead of a wall of size-mismatch lines."""
     state_dict = clean_state_dict(state_dict)
     own = model.state_dict()
-    shape_diffs = [f"{k}: checkpoint {tuple(v.shape)} vs config {tuple(own[k].shape)}" for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    shape_diffs = [
+        f"{k}: checkpoint {tuple(v.shape)} vs config {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and own[k].shape != v.shape
+    ]
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     if not (shape_diffs or missing or unexpected):
@@ -295,7 +329,11 @@ def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]
     cfg_diffs = []
     if saved_model_cfg:
         keys = [k for k in dict.fromkeys([*saved_model_cfg, *model_cfg]) if k != "_target_"]
-        cfg_diffs = [f"model.{k}={saved_model_cfg.get(k)} (config: {model_cfg.get(k)})" for k in keys if saved_model_cfg.get(k) != model_cfg.get(k)]
+        cfg_diffs = [
+            f"model.{k}={saved_model_cfg.get(k)} (config: {model_cfg.get(k)})"
+            for k in keys
+            if saved_model_cfg.get(k) != model_cfg.get(k)
+        ]
         if saved_model_cfg.get("_target_") != model_cfg.get("_target_"):
             cfg_diffs.insert(0, f"model={saved_model_cfg.get('_target_')} (config: {model_cfg.get('_target_')})")
     details = shape_diffs[:3] + [f"missing {k}" for k in missing[:2]] + [f"unexpected {k}" for k in unexpected[:2]]

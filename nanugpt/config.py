@@ -1,6 +1,6 @@
 """Typed schemas for the plain config sections, registered with Hydra's ConfigStore.
 
-`conf/train.yaml` lists `nanugpt_train_schema` first in its defaults, so a mistyped key
+`nanugpt/conf/train.yaml` lists `nanugpt_train_schema` first in its defaults, so a mistyped key
 (`training.max_stpes=5`) or a wrongly typed value (`training.max_steps=abc`) fails at
 composition with Hydra's own message, before anything runs. Plugin groups (`model`, `data`,
 ...) stay free-form: their keys are the plugin's constructor arguments.
@@ -9,7 +9,7 @@ composition with Hydra's own message, before anything runs. Plugin groups (`mode
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -25,7 +25,7 @@ class TrainingConfig:
     compile: bool = False
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda
-    threads: Optional[int] = None  # torch intra-op threads; null keeps torch's default
+    threads: int | None = None  # torch intra-op threads; null keeps torch's default
     skip_nonfinite: bool = False  # a NaN/inf loss skips that optimizer step instead of stopping the run
     zero1: bool = False  # DDP only: shard optimizer state across ranks (ZeroRedundancyOptimizer)
 
@@ -40,19 +40,19 @@ class EvalConfig:
 
 @dataclass
 class WandbConfig:
-    mode: Optional[str] = None  # online | offline | disabled; null: WANDB_MODE, else online if logged in, else disabled
+    mode: str | None = None  # online | offline | disabled; null: WANDB_MODE, else online if logged in, else disabled
     project: str = "nanugpt"
-    entity: Optional[str] = None
-    name: Optional[str] = None  # null: from the run dir (<date>/<time>, or <date>/<time>/<job> in a sweep)
-    group: Optional[str] = None  # null: the sweep (<date>/<time>) for sweep jobs
+    entity: str | None = None
+    name: str | None = None  # null: from the run dir (<date>/<time>, or <date>/<time>/<job> in a sweep)
+    group: str | None = None  # null: the sweep (<date>/<time>) for sweep jobs
     tags: list[str] = field(default_factory=list)
 
 
 @dataclass
 class LoggingConfig:
     every: int = 10  # console line every this many steps; metrics.jsonl gets every step
-    progress: Optional[bool] = None  # progress bar; null: only when stdout is a terminal
-    peak_tflops: Optional[float] = None  # one device's peak for MFU; null: from the GPU table (CPU: n/a)
+    progress: bool | None = None  # progress bar; null: only when stdout is a terminal
+    peak_tflops: float | None = None  # one device's peak for MFU; null: from the GPU table (CPU: n/a)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 

@@ -6,7 +6,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -63,7 +63,11 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
 
 def init_distributed(device: str = "auto") -> DistInfo:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun (or any launcher that sets the env)
-        rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+        rank, local_rank, world_size = (
+            int(os.environ["RANK"]),
+            int(os.environ["LOCAL_RANK"]),
+            int(os.environ["WORLD_SIZE"]),
+        )
     else:
         rank, local_rank, world_size = _submitit_env() or (0, 0, 1)
     torch_device = resolve_device(device, local_rank)

@@ -9,7 +9,8 @@ still gives the full trace). Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from hydra.errors import CompactHydraException
 

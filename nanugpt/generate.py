@@ -40,11 +40,16 @@ def _targets(node: Any) -> list[str]:
 
 @functools.cache
 def allowed_targets() -> frozenset[str]:
-    """The `_target_`s of nanugpt's own model and tokenizer configs (conf/model, conf/tokenizer):
+    """The `_target_`s of nanugpt's own model and tokenizer configs (nanugpt/conf/model, nanugpt/conf/tokenizer):
     the only code a checkpoint may make `generate` run. An exact list, not a `nanugpt.` prefix:
     hydra resolves `nanugpt.utils.os.system` to os.system."""
     conf = Path(CONF_DIR)
-    return frozenset(t for group in ("model", "tokenizer") for path in sorted((conf / group).glob("*.yaml")) for t in _targets(yaml.safe_load(path.read_text())))
+    return frozenset(
+        t
+        for group in ("model", "tokenizer")
+        for path in sorted((conf / group).glob("*.yaml"))
+        for t in _targets(yaml.safe_load(path.read_text()))
+    )
 
 
 def untrusted_targets(node: Any) -> list[str]:
@@ -56,10 +61,19 @@ class UntrustedCheckpointError(UserError, PermissionError):
     """The checkpoint's config names code outside nanugpt."""
 
 
-def build_from_checkpoint(ckpt: dict[str, Any], device: torch.device, trust: bool = False, source: Path | str = "the checkpoint") -> tuple[nn.Module, Tokenizer]:
+def build_from_checkpoint(
+    ckpt: dict[str, Any], device: torch.device, trust: bool = False, source: Path | str = "the checkpoint"
+) -> tuple[nn.Module, Tokenizer]:
     config = ckpt.get("config") if isinstance(ckpt, dict) else None
-    if not isinstance(config, dict) or not all(isinstance(config.get(k), dict) for k in ("model", "tokenizer")) or "model" not in ckpt:
-        raise CheckpointError(f"{source} is not a nanugpt training checkpoint (it has no saved model config and weights); pass a .pt file that nanugpt.train wrote.")
+    if (
+        not isinstance(config, dict)
+        or not all(isinstance(config.get(k), dict) for k in ("model", "tokenizer"))
+        or "model" not in ckpt
+    ):
+        raise CheckpointError(
+            f"{source} is not a nanugpt training checkpoint (it has no saved model config and weights); pass a .pt "
+            "file that nanugpt.train wrote."
+        )
     parts = {"model": config["model"], "tokenizer": config["tokenizer"]}
     bad = untrusted_targets(parts)
     if bad and not trust:
@@ -86,7 +100,10 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str, context_length: int) -> lis
         ) from None
     vocab_size = getattr(tokenizer, "vocab_size", None)
     if vocab_size is not None and any(not 0 <= i < vocab_size for i in ids):
-        raise ConfigError(f"The tokenizer encoded prompt={prompt!r} to ids outside its vocab of {vocab_size}; use only characters from the training text.")
+        raise ConfigError(
+            f"The tokenizer encoded prompt={prompt!r} to ids outside its vocab of {vocab_size}; use only characters "
+            "from the training text."
+        )
     if not ids:
         raise ConfigError("prompt is empty after tokenization; pass a non-empty prompt, e.g. 'prompt=\"def \"'.")
     if len(ids) > context_length:
@@ -103,7 +120,9 @@ def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     return (text[: min(hits)], True) if hits else (text, False)
 
 
-def generate_texts(model: nn.Module, tokenizer: Tokenizer, prompts: list[str], cfg: DictConfig, device: torch.device) -> list[str]:
+def generate_texts(
+    model: nn.Module, tokenizer: Tokenizer, prompts: list[str], cfg: DictConfig, device: torch.device
+) -> list[str]:
     """Every prompt x num_samples. Prompts of equal token length share one batch (one prefill,
     one cache); generation stops early once every row of a batch has hit a stop string."""
     stop = [str(s) for s in (cfg.stop or [])]
@@ -112,21 +131,37 @@ def generate_texts(model: nn.Module, tokenizer: Tokenizer, prompts: list[str], c
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     texts: list[str] = [""] * (len(prompts) * cfg.num_samples)
     # tokens/s and ETA on stderr (stdout stays the samples alone); cleared when done
-    bar = tqdm(total=len(texts) * cfg.max_new_tokens, desc="generating", unit="tok", leave=False, file=sys.stderr, disable=not cfg.get("progress", False))
+    bar = tqdm(
+        total=len(texts) * cfg.max_new_tokens,
+        desc="generating",
+        unit="tok",
+        leave=False,
+        file=sys.stderr,
+        disable=not cfg.get("progress", False),
+    )
     for length in sorted({len(ids) for ids in encoded}):
         rows = [(i, ids) for i, ids in enumerate(encoded) for _ in range(cfg.num_samples) if len(ids) == length]
         idx = torch.tensor([ids for _, ids in rows], dtype=torch.long, device=device)
 
-        def after_token(idx: torch.Tensor) -> bool:
+        def after_token(idx: torch.Tensor, length: int = length) -> bool:
             bar.update(idx.size(0))
             return bool(stop) and all(cut_at_stop(tokenizer.decode(row[length:].tolist()), stop)[1] for row in idx)
 
         out = generate(
-            model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator,
-            use_cache=cfg.use_cache, window_keep=cfg.window_keep, should_stop=after_token, decode_step=decode_step,
-        )  # fmt: skip
+            model,
+            idx,
+            cfg.max_new_tokens,
+            cfg.temperature,
+            cfg.top_k,
+            cfg.top_p,
+            generator,
+            use_cache=cfg.use_cache,
+            window_keep=cfg.window_keep,
+            should_stop=after_token,
+            decode_step=decode_step,
+        )
         seen: dict[int, int] = {}
-        for (i, ids), row in zip(rows, out):
+        for (i, _), row in zip(rows, out, strict=True):
             new_text = cut_at_stop(tokenizer.decode(row[length:].tolist()), stop)[0]
             texts[i * cfg.num_samples + seen.get(i, 0)] = prompts[i] + new_text
             seen[i] = seen.get(i, 0) + 1

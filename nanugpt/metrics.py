@@ -20,7 +20,9 @@ class MetricsFile:
         if truncate_after_step is not None and path.exists():
             # A resumed run redoes the steps after its checkpoint: drop their stale rows.
             kept = [r for r in read_metrics(path) if r.get("step", 0) <= truncate_after_step]
-            atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept)), mode="w")  # a kill here loses no rows
+            atomic_write(
+                path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept)), mode="w"
+            )  # a kill here loses no rows
         self.file = open(path, "a")
 
     def write(self, row: dict[str, Any]) -> None:

@@ -73,7 +73,9 @@ def wandb_mode(mode: str | None) -> str:
     """`logging.wandb.mode`, or when null: WANDB_MODE if set, online when logged in, else disabled."""
     if mode is not None:
         if mode not in ("online", "offline", "disabled"):
-            raise ValueError(f"logging.wandb.mode={mode} is not one of online, offline, disabled (or null for automatic).")
+            raise ValueError(
+                f"logging.wandb.mode={mode} is not one of online, offline, disabled (or null for automatic)."
+            )
         return mode
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
@@ -112,18 +114,27 @@ class Progress:
         from rich.progress import Progress as RichProgress
 
         self.bar = RichProgress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
-            console=Console(file=sys.stdout), transient=True,
-        )  # fmt: skip
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA {task.fields[eta]}"),
+            console=Console(file=sys.stdout),
+            transient=True,
+        )
         self.task = self.bar.add_task("train", total=total, completed=start, stats="", eta="?")
         root = logging.getLogger()
         for handler in list(root.handlers):  # the console handler prints through the bar
             if type(handler) is logging.StreamHandler and getattr(handler, "stream", None) in (sys.stdout, sys.stderr):
                 rich_handler = RichHandler(
-                    console=self.bar.console, show_time=False, show_level=False, show_path=False,
-                    markup=False, highlighter=NullHighlighter(),
-                )  # fmt: skip
+                    console=self.bar.console,
+                    show_time=False,
+                    show_level=False,
+                    show_path=False,
+                    markup=False,
+                    highlighter=NullHighlighter(),
+                )
                 rich_handler.setFormatter(handler.formatter)
                 rich_handler.setLevel(handler.level)
                 root.removeHandler(handler)

@@ -34,7 +34,13 @@ def main(cfg: DictConfig) -> str:
         force=cfg.force,
     )
     tokens = data.meta["num_tokens"]
-    log.info("%s: train %s tokens, val %s tokens, vocab %d", data.path, f"{tokens['train']:,}", f"{tokens['val']:,}", data.vocab_size)
+    log.info(
+        "%s: train %s tokens, val %s tokens, vocab %d",
+        data.path,
+        f"{tokens['train']:,}",
+        f"{tokens['val']:,}",
+        data.vocab_size,
+    )
     return str(data.path)
 
 

@@ -60,7 +60,9 @@ def find_run_dirs(root: Path) -> list[Path]:
     """`root` itself if it is a run, else every run below it (sweep jobs `<n>/`), in natural order."""
     if (root / "metrics.jsonl").is_file() or (root / ".hydra").is_dir():
         return [root]
-    dirs = {p.parent for p in root.rglob("metrics.jsonl")} | {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
+    dirs = {p.parent for p in root.rglob("metrics.jsonl")} | {
+        p.parent.parent for p in root.rglob(".hydra/overrides.yaml")
+    }
     return sorted(dirs, key=lambda p: [int(s) if s.isdigit() else s for s in p.relative_to(root).parts])
 
 
@@ -113,7 +115,7 @@ def label_runs(runs: list[Run]) -> list[str]:
     parsed = [dict(o.split("=", 1) if "=" in o else (o, "") for o in run.overrides) for run in runs]
     keys = list(dict.fromkeys(k for p in parsed for k in p))
     varying = [k for k in keys if len({p.get(k) for p in parsed}) > 1 or len(runs) == 1]
-    for run, p in zip(runs, parsed):
+    for run, p in zip(runs, parsed, strict=False):
         run.labels = {k: p.get(k, "(default)") for k in varying}
     return [f"{k}={parsed[0][k]}" for k in keys if k not in varying and k in parsed[0]]
 
@@ -131,7 +133,16 @@ def table(runs: list[Run]) -> str:
     # The accuracy columns matter for algorithmic tasks (grokking); a language-model sweep never
     # reaches 0.99, so the columns would be all dashes.
     has_acc = any(run.first_step_reaching("train/acc") is not None for run in runs)
-    header = ["run", "overrides", "status", "steps", "best val loss (step)", "final val loss", "final train loss", "tokens/s"]
+    header = [
+        "run",
+        "overrides",
+        "status",
+        "steps",
+        "best val loss (step)",
+        "final val loss",
+        "final train loss",
+        "tokens/s",
+    ]
     if has_acc:
         header += [f"train acc ≥ {ACC_THRESHOLD} at step", f"val acc ≥ {ACC_THRESHOLD} at step"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -172,20 +183,31 @@ def plot_curves(runs: list[Run], path: Path, kind: str, log_step: bool, smooth: 
     panels = [("train/acc", "val/acc")] if kind == "acc" else [("train/loss",), ("val/loss",)]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
     colors = plt.get_cmap("tab10" if len(runs) <= 10 else "viridis")
-    for ax, keys in zip(axes[0], panels):
+    for ax, keys in zip(axes[0], panels, strict=False):
         for i, run in enumerate(runs):
             color = colors(i if len(runs) <= 10 else i / max(1, len(runs) - 1))
             for key in keys:
                 points = [(r["step"], r[key]) for r in run.rows if r.get(key) is not None]
                 if not points:
                     continue
-                steps, values = zip(*points)
+                steps, values = zip(*points, strict=False)
                 values = ema(list(values), smooth) if key.startswith("train/") and smooth > 0 else values
                 dashed = key.startswith("val/") and kind == "acc"
                 marker = "o" if key.startswith("val/") and len(points) <= 30 else None
                 label = legend_label(run) if key == keys[0] else None
-                ax.plot(steps, values, color=color, linestyle="--" if dashed else "-", marker=marker, markersize=3, linewidth=1.3, label=label)
-        title = {"train/loss": "train loss", "val/loss": "val loss"}.get(keys[0], "accuracy: train (solid), val (dashed)")
+                ax.plot(
+                    steps,
+                    values,
+                    color=color,
+                    linestyle="--" if dashed else "-",
+                    marker=marker,
+                    markersize=3,
+                    linewidth=1.3,
+                    label=label,
+                )
+        title = {"train/loss": "train loss", "val/loss": "val loss"}.get(
+            keys[0], "accuracy: train (solid), val (dashed)"
+        )
         if kind == "loss" and keys[0] == "train/loss" and smooth > 0:
             title += f" (EMA {smooth})"
         ax.set_title(title)
@@ -204,7 +226,14 @@ def plot_curves(runs: list[Run], path: Path, kind: str, log_step: bool, smooth: 
     plt.close(fig)
 
 
-def write_report(root: Path, out_dir: Path | None = None, name: str = "", log_step: bool = False, smooth: float = 0.0, stale_minutes: float = 30) -> tuple[Path, list[Run]]:
+def write_report(
+    root: Path,
+    out_dir: Path | None = None,
+    name: str = "",
+    log_step: bool = False,
+    smooth: float = 0.0,
+    stale_minutes: float = 30,
+) -> tuple[Path, list[Run]]:
     root = root.resolve()
     run_dirs = find_run_dirs(root)
     if not run_dirs:
@@ -236,16 +265,27 @@ def write_report(root: Path, out_dir: Path | None = None, name: str = "", log_st
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m nanugpt.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dir", type=Path, help="a run dir (outputs/<date>/<time>) or a sweep dir (multirun/<date>/<time>)")
+    parser = argparse.ArgumentParser(
+        prog="python -m nanugpt.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "dir", type=Path, help="a run dir (outputs/<date>/<time>) or a sweep dir (multirun/<date>/<time>)"
+    )
     parser.add_argument("--log-step", action="store_true", help="log-scale step axis on the plots")
-    parser.add_argument("--name", default="", help="output name: NAME.md, NAME_loss_curves.png, NAME_accuracy_curves.png")
+    parser.add_argument(
+        "--name", default="", help="output name: NAME.md, NAME_loss_curves.png, NAME_accuracy_curves.png"
+    )
     parser.add_argument("--out-dir", type=Path, default=None, help="where to write (default: the dir itself)")
     parser.add_argument("--smooth", type=float, default=0.0, help="EMA factor for train curves, 0 (raw) to <1")
-    parser.add_argument("--stale-minutes", type=float, default=30, help="a run with no output for this long is reported failed")
+    parser.add_argument(
+        "--stale-minutes", type=float, default=30, help="a run with no output for this long is reported failed"
+    )
     args = parser.parse_args(argv)
     if not args.dir.is_dir():
-        sys.exit(f"{args.dir} is not a directory; pass a run dir (outputs/<date>/<time>) or a sweep dir (multirun/<date>/<time>).")
+        sys.exit(
+            f"{args.dir} is not a directory; pass a run dir (outputs/<date>/<time>) or a sweep dir "
+            "(multirun/<date>/<time>)."
+        )
     if not 0 <= args.smooth < 1:
         sys.exit(f"--smooth {args.smooth} must be in [0, 1): the weight of the running average.")
     try:

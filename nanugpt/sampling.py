@@ -12,13 +12,15 @@ outputs are identical (tests/test_generate_cache.py).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None) -> torch.Tensor:
+def sample_next(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None
+) -> torch.Tensor:
     """(B, vocab) logits of the last position -> (B, 1) next token ids."""
     if temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)

@@ -1,6 +1,6 @@
 """After a `-m` sweep (any launcher: basic, local, slurm), collect each job's final metrics.
 
-Registered as a Hydra callback in conf/train.yaml; writes `<sweep dir>/summary.jsonl`, one
+Registered as a Hydra callback in nanugpt/conf/train.yaml; writes `<sweep dir>/summary.jsonl`, one
 object per job: its subdir, overrides, final step, last train/val loss and best val loss.
 """
 
@@ -32,14 +32,16 @@ def summarize_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
         overrides_path = job_dir / ".hydra" / "overrides.yaml"
         val = [r["val/loss"] for r in metrics if "val/loss" in r]
         last_val = next((r for r in reversed(metrics) if "val/loss" in r), {})
-        rows.append({
-            "job": job_dir.name,
-            "overrides": yaml.safe_load(overrides_path.read_text()) if overrides_path.is_file() else [],
-            "step": metrics[-1]["step"],
-            "train/loss": metrics[-1]["train/loss"],
-            "val/loss": last_val.get("val/loss"),
-            "best_val_loss": min(val) if val else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "job": job_dir.name,
+                "overrides": yaml.safe_load(overrides_path.read_text()) if overrides_path.is_file() else [],
+                "step": metrics[-1]["step"],
+                "train/loss": metrics[-1]["train/loss"],
+                "val/loss": last_val.get("val/loss"),
+                "best_val_loss": min(val) if val else None,
+            }
+        )
     return rows
 
 
@@ -49,9 +51,17 @@ class SweepSummary(Callback):
         rows = summarize_sweep(sweep_dir)
         if not rows:
             return
-        atomic_write(sweep_dir / "summary.jsonl", lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows)), mode="w")
+        atomic_write(
+            sweep_dir / "summary.jsonl", lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows)), mode="w"
+        )
         log.info("Sweep summary (%s):", sweep_dir / "summary.jsonl")
         shared = set.intersection(*(set(r["overrides"]) for r in rows))  # show what the sweep varies
         for r in sorted(rows, key=lambda r: r["best_val_loss"] if r["best_val_loss"] is not None else math.inf):
             best = f"{r['best_val_loss']:.4f}" if r["best_val_loss"] is not None else "n/a"
-            log.info("  %s: best val %s at step %d | %s", r["job"], best, r["step"], " ".join(o for o in r["overrides"] if o not in shared))
+            log.info(
+                "  %s: best val %s at step %d | %s",
+                r["job"],
+                best,
+                r["step"],
+                " ".join(o for o in r["overrides"] if o not in shared),
+            )

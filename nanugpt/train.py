@@ -29,7 +29,15 @@ if TYPE_CHECKING:  # torch.distributed.optim costs 1.2 s of import time; only Ze
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from nanugpt import dist
-from nanugpt.checkpoint import all_rng_states, clean_state_dict, find_resume_checkpoint, load_model_state, read_log, restore_rng_state, save_checkpoint
+from nanugpt.checkpoint import (
+    all_rng_states,
+    clean_state_dict,
+    find_resume_checkpoint,
+    load_model_state,
+    read_log,
+    restore_rng_state,
+    save_checkpoint,
+)
 from nanugpt.config import register_configs
 from nanugpt.data.loader import RandomWindowBatches, fixed_eval_batches
 from nanugpt.data.prepared import PreparedData, prepare
@@ -52,7 +60,8 @@ def grad_accum_steps(global_batch_size: int, device_batch_size: int, world_size:
         raise ConfigError(
             f"training.global_batch_size={global_batch_size} is not divisible by "
             f"training.device_batch_size={device_batch_size} x world_size={world_size} = {per_step}. "
-            f"Pick a global batch that is a multiple of {per_step} (e.g. {max(per_step, global_batch_size // per_step * per_step)}), "
+            f"Pick a global batch that is a multiple of {per_step} (e.g. "
+            f"{max(per_step, global_batch_size // per_step * per_step)}), "
             "or change device_batch_size."
         )
     return global_batch_size // per_step
@@ -184,15 +193,31 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
     source = instantiate(cfg.data)
     context_length = cfg.model.context_length
     if hasattr(source, "batches"):
-        data = source.batches(instantiate(cfg.tokenizer), tcfg.global_batch_size, tcfg.device_batch_size, info.rank, info.world_size, tcfg.seed, info.device)
+        data = source.batches(
+            instantiate(cfg.tokenizer),
+            tcfg.global_batch_size,
+            tcfg.device_batch_size,
+            info.rank,
+            info.world_size,
+            tcfg.seed,
+            info.device,
+        )
         train_batches, val_batches = data.train_batches, data.val_batches
     else:
         data = prepare_data(cfg)
         train_batches = RandomWindowBatches(
-            data.train, context_length, tcfg.global_batch_size, tcfg.device_batch_size,
-            info.rank, info.world_size, tcfg.seed, info.device,
-        )  # fmt: skip
-        val_batches = fixed_eval_batches(data.val, context_length, tcfg.device_batch_size, cfg.eval.iters, info.rank, info.world_size, info.device)
+            data.train,
+            context_length,
+            tcfg.global_batch_size,
+            tcfg.device_batch_size,
+            info.rank,
+            info.world_size,
+            tcfg.seed,
+            info.device,
+        )
+        val_batches = fixed_eval_batches(
+            data.val, context_length, tcfg.device_batch_size, cfg.eval.iters, info.rank, info.world_size, info.device
+        )
     set_vocab_size(cfg, data.vocab_size)
 
     # ---- model, loss, optimizer, schedule
@@ -208,10 +233,18 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
         seed_everything(tcfg.seed + info.rank)  # per-rank dropout masks; DDP broadcasts rank 0's init
     n_params = model.num_params()
     log.info(
-        "model %s: %s parameters | vocab %d | context %d | global batch %d = %d device x %d ranks x %d accum | %s tokens/step",
-        cfg.model._target_.rsplit(".", 1)[-1], f"{n_params:,}", cfg.model.vocab_size, context_length,
-        tcfg.global_batch_size, tcfg.device_batch_size, info.world_size, accum, f"{tcfg.global_batch_size * context_length:,}",
-    )  # fmt: skip
+        "model %s: %s parameters | vocab %d | context %d | global batch %d = %d device x %d ranks x %d accum | %s "
+        "tokens/step",
+        cfg.model._target_.rsplit(".", 1)[-1],
+        f"{n_params:,}",
+        cfg.model.vocab_size,
+        context_length,
+        tcfg.global_batch_size,
+        tcfg.device_batch_size,
+        info.world_size,
+        accum,
+        f"{tcfg.global_batch_size * context_length:,}",
+    )
 
     # ---- resume: model, optimizer, scheduler, scaler, step, best val, RNGs and data position
     start_step, best_val_loss = 0, math.inf
@@ -240,23 +273,46 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
     ckpt_dir = run_dir / "checkpoints"
     tokens_per_step = tcfg.global_batch_size * context_length
     observer = RunObserver(
-        cfg, run_dir, info.is_master, start_step, model.flops_per_token(), peak_flops(info.device, amp_dtype),
-        summary={"params": n_params, "global_batch_size": tcfg.global_batch_size, "tokens_per_step": tokens_per_step, "world_size": info.world_size},
-    )  # fmt: skip
+        cfg,
+        run_dir,
+        info.is_master,
+        start_step,
+        model.flops_per_token(),
+        peak_flops(info.device, amp_dtype),
+        summary={
+            "params": n_params,
+            "global_batch_size": tcfg.global_batch_size,
+            "tokens_per_step": tokens_per_step,
+            "world_size": info.world_size,
+        },
+    )
     loop_start, timed_steps = None, 0
     last_val_loss: float | None = None
     preempted = False
 
     for step in range(start_step + 1, tcfg.max_steps + 1):  # `step` counts completed optimizer steps
         t0 = time.perf_counter()
-        stats = train_step(net, model, optimizer, scheduler, scaler, train_batches, autocast, info, tcfg.grad_clip, stop.requested)
+        stats = train_step(
+            net, model, optimizer, scheduler, scaler, train_batches, autocast, info, tcfg.grad_clip, stop.requested
+        )
         preempted = stats.stop  # a rank got SIGTERM/SIGUSR2: all finish this step, checkpoint, stop
         if stats.nonfinite and not tcfg.skip_nonfinite:
-            raise nonfinite_error(f"the train loss is {stats.loss} and the grad norm {stats.grad_norm}", step, ckpt_dir, skippable=True)
+            raise nonfinite_error(
+                f"the train loss is {stats.loss} and the grad norm {stats.grad_norm}", step, ckpt_dir, skippable=True
+            )
         if stats.nonfinite:
-            log.warning("Step %d: train loss %s, grad norm %s; skipping its optimizer step (training.skip_nonfinite=true).", step, stats.loss, stats.grad_norm)
+            log.warning(
+                "Step %d: train loss %s, grad norm %s; skipping its optimizer step (training.skip_nonfinite=true).",
+                step,
+                stats.loss,
+                stats.grad_norm,
+            )
         if step == start_step + 1:  # optimizers create their state on the first step
-            log.info("optimizer state: %.1f MB%s", state_bytes(optimizer.optim if zero1 else optimizer) / 2**20, " (rank 0's ZeRO-1 shard)" if zero1 else "")
+            log.info(
+                "optimizer state: %.1f MB%s",
+                state_bytes(optimizer.optim if zero1 else optimizer) / 2**20,
+                " (rank 0's ZeRO-1 shard)" if zero1 else "",
+            )
 
         dt = time.perf_counter() - t0
         if loop_start is None:
@@ -309,10 +365,21 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
                 "data_meta": data.meta,
             }
             if info.is_master:
-                save_checkpoint(ckpt_dir, state, step, row["val/loss"], is_best and cfg.eval.checkpoint == "best_and_last", cfg.eval.keep_last)
+                save_checkpoint(
+                    ckpt_dir,
+                    state,
+                    step,
+                    row["val/loss"],
+                    is_best and cfg.eval.checkpoint == "best_and_last",
+                    cfg.eval.keep_last,
+                )
         if preempted:
             if info.is_master:
-                log.warning("Stopping at step %d on a preemption/time-limit signal, checkpointed: resume=auto continues from it.", step)
+                log.warning(
+                    "Stopping at step %d on a preemption/time-limit signal, checkpointed: resume=auto continues from "
+                    "it.",
+                    step,
+                )
             break
 
     observer.close()
@@ -416,13 +483,24 @@ def optimizer_state(optimizer: torch.optim.Optimizer, info: dist.DistInfo, zero1
     return optimizer.state_dict() if info.is_master else {}
 
 
-def finish_message(run_dir: Path, ckpt_dir: Path, best_val_loss: float, last_val_loss: float | None, loop_start: float | None) -> None:
+def finish_message(
+    run_dir: Path, ckpt_dir: Path, best_val_loss: float, last_val_loss: float | None, loop_start: float | None
+) -> None:
     elapsed = time.perf_counter() - loop_start if loop_start else 0.0
-    log.info("Done in %s: best val loss %.4f, last %s. Run dir: %s", format_duration(elapsed), best_val_loss, f"{last_val_loss:.4f}" if last_val_loss is not None else "n/a", run_dir)
+    log.info(
+        "Done in %s: best val loss %.4f, last %s. Run dir: %s",
+        format_duration(elapsed),
+        best_val_loss,
+        f"{last_val_loss:.4f}" if last_val_loss is not None else "n/a",
+        run_dir,
+    )
     ckpt = ckpt_dir / "best.pt" if (ckpt_dir / "best.pt").is_file() else ckpt_dir / "last.pt"
     if ckpt.is_file():
         log.info("Checkpoint: %s", ckpt)
-        log.info("Sample from it:\n  python -m nanugpt.generate ckpt=%s 'prompt=\"def \"' max_new_tokens=200", shlex.quote(str(ckpt)))
+        log.info(
+            "Sample from it:\n  python -m nanugpt.generate ckpt=%s 'prompt=\"def \"' max_new_tokens=200",
+            shlex.quote(str(ckpt)),
+        )
 
 
 register_configs()

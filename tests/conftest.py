@@ -43,7 +43,9 @@ def compose_train(overrides: list[str] | None = None, config_name: str = "train"
         return compose(config_name=config_name, overrides=overrides or [])
 
 
-def run_cli(module: str, *args: str, cwd: Path, env: dict | None = None, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    module: str, *args: str, cwd: Path, env: dict | None = None, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run `python -m <module> args...` as a user would, returning its output."""
     proc = subprocess.run(
         [sys.executable, "-m", module, *args],

@@ -18,7 +18,7 @@ def test_equations_are_right_and_fixed_width(op, reverse):
     data = ArithmeticStrings(op=op, n_digits=3, num_examples=500, reverse_answer=reverse, seed=1)
     prompts, answers = data.equations()
     width = 4 if op == "+" else 6
-    for prompt, answer in zip(prompts, answers):
+    for prompt, answer in zip(prompts, answers, strict=False):
         a, b = prompt.rstrip("=").split(op)
         assert len(a) == len(b) == 3 and len(answer) == width
         assert int(answer[::-1] if reverse else answer) == (int(a) + int(b) if op == "+" else int(a) * int(b))
@@ -66,16 +66,29 @@ def test_bad_settings_are_clear_errors():
 
 def test_experiment_composes():
     cfg = compose_train(["experiment=arithmetic", "data.op=*"])
-    assert cfg.data.op == "*" and cfg.loss._target_.endswith("AnswerLoss") and cfg.tokenizer._target_.endswith("ByteTokenizer")
+    assert (
+        cfg.data.op == "*"
+        and cfg.loss._target_.endswith("AnswerLoss")
+        and cfg.tokenizer._target_.endswith("ByteTokenizer")
+    )
 
 
 def test_two_digit_addition_learns_through_the_training_loop(tmp_path):
     """Answer-only loss through the real loop: the loss falls from chance over 256 bytes and
     some whole held-out sums come out exactly right."""
     cfg = compose_train(
-        ["experiment=arithmetic", "data.n_digits=2", "data.num_examples=3000", "model.n_embd=64", "optim.lr=3e-3",
-         "training.global_batch_size=128", "training.device_batch_size=128", "training.max_steps=200",
-         "eval.every=100", "eval.checkpoint=none"]  # fmt: skip
+        [
+            "experiment=arithmetic",
+            "data.n_digits=2",
+            "data.num_examples=3000",
+            "model.n_embd=64",
+            "optim.lr=3e-3",
+            "training.global_batch_size=128",
+            "training.device_batch_size=128",
+            "training.max_steps=200",
+            "eval.every=100",
+            "eval.checkpoint=none",
+        ]
     )
     train(cfg, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

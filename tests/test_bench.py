@@ -70,7 +70,10 @@ def test_bench_prepare_compares_with_tiktoken(tmp_path: Path) -> None:
     assert by_name["byte (nanugpt)"]["tokens"] == pytest.approx(200_000, rel=0.01)
     raw = by_name["tiktoken encode_ordinary_batch (raw)"]
     assert raw["tokens"] < by_name["byte (nanugpt)"]["tokens"]  # merges happened
-    ours = [by_name[n] for n in ("nanugpt .encode_batch (hub data path)", "nanugpt .encode (local text path: split + batch)")]
+    ours = [
+        by_name[n]
+        for n in ("nanugpt .encode_batch (hub data path)", "nanugpt .encode (local text path: split + batch)")
+    ]
     for row in ours:
         assert row["tokens"] == raw["tokens"]  # the same tokens, however they are batched
         assert "overhead_pct" in row
@@ -91,7 +94,9 @@ def test_batched_tiktoken_encode_equals_one_encode(tmp_path: Path) -> None:
     text = ("abc line\n\nnext one\n" * 5000) + "end"
     assert len(split_for_batch(text, 1000)) > 10
     assert "".join(split_for_batch(text, 1000)) == text
-    ours = SimpleNamespace(enc=enc)  # the tokenizer's own encode on this toy rank file (the class checks real files' hashes)
+    ours = SimpleNamespace(
+        enc=enc
+    )  # the tokenizer's own encode on this toy rank file (the class checks real files' hashes)
     assert TiktokenTokenizer.encode(ours, text).tolist() == enc.encode_ordinary(text)
 
 
@@ -115,10 +120,19 @@ def test_bench_speedrun_times_whole_training_runs(tmp_path: Path) -> None:
     sha = hashlib.sha256(corpus.read_bytes()).hexdigest()
     out = tmp_path / "speedrun.json"
     proc = run_cli(
-        "nanugpt.bench", "speedrun", f"data.local_path={corpus}", f"+data.sha256={sha}", "training.max_steps=3",
-        "eval.iters=2", "training.threads=1", "bench.repeats=2", "bench.target_wall_s=1e9", "bench.target_loss=1e9",
-        f"bench.out={out}", cwd=tmp_path,
-    )  # fmt: skip
+        "nanugpt.bench",
+        "speedrun",
+        f"data.local_path={corpus}",
+        f"+data.sha256={sha}",
+        "training.max_steps=3",
+        "eval.iters=2",
+        "training.threads=1",
+        "bench.repeats=2",
+        "bench.target_wall_s=1e9",
+        "bench.target_loss=1e9",
+        f"bench.out={out}",
+        cwd=tmp_path,
+    )
     assert "nanugpt bench speedrun" in proc.stdout
     record = json.loads(out.read_text())
     assert record["config"]["training"]["max_steps"] == 3  # the experiment, then the overrides
@@ -127,6 +141,8 @@ def test_bench_speedrun_times_whole_training_runs(tmp_path: Path) -> None:
         assert run["steps"] == 3 and run["wall_s"] > 0
         assert 0 < run["final_val_loss"] < 10
         assert run["first_eval_step_at_target"] == 3  # the one eval, at the end, under the loose target
-    assert summary["wall_s"] == pytest.approx(sorted(r["wall_s"] for r in runs)[0] / 2 + sorted(r["wall_s"] for r in runs)[1] / 2)
+    assert summary["wall_s"] == pytest.approx(
+        sorted(r["wall_s"] for r in runs)[0] / 2 + sorted(r["wall_s"] for r in runs)[1] / 2
+    )
     assert summary["goal_met"] is True
     assert list(tmp_path.glob("outputs")) == []  # runs live in temporary dirs

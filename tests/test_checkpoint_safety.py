@@ -45,7 +45,10 @@ def test_keep_last_k_plus_best(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 5
     assert load_checkpoint(tmp_path / "best.pt")["step"] == 2  # survives the deletion of step_0000002.pt
     assert os.path.samefile(tmp_path / "last.pt", tmp_path / "step_0000005.pt")  # a link, no extra disk
-    assert [e["path"] for e in read_log(tmp_path) if e["path"].startswith("step_")] == ["step_0000004.pt", "step_0000005.pt"]
+    assert [e["path"] for e in read_log(tmp_path) if e["path"].startswith("step_")] == [
+        "step_0000004.pt",
+        "step_0000005.pt",
+    ]
 
     save_checkpoint(tmp_path, fake_state(6), 6, 2.8, is_best=False, keep_last=0)  # keep no step files
     assert {p.name for p in tmp_path.iterdir()} == CKPT_FILES
@@ -56,7 +59,15 @@ def test_keep_last_k_plus_best(tmp_path):
 def two_checkpoints(tmp_path) -> Path:
     """A real 4-step CLI run with checkpoints at steps 2 and 4."""
     run_dir = tmp_path / "run"
-    run_cli("nanugpt.train", *TINY, "training.max_steps=4", "eval.every=2", "eval.iters=2", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    run_cli(
+        "nanugpt.train",
+        *TINY,
+        "training.max_steps=4",
+        "eval.every=2",
+        "eval.iters=2",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     return run_dir
 
 
@@ -73,12 +84,30 @@ def test_corrupt_checkpoint_is_named_with_the_newest_good_one(two_checkpoints, t
     assert f"The newest checkpoint there that loads is {ckpt_dir / 'step_0000002.pt'} (step 2)" in message
 
     # resume=<path> to the bad file: the same clear error, from the CLI.
-    proc = run_cli("nanugpt.train", *TINY, "training.max_steps=6", "eval.every=2", "eval.iters=2", f"resume={last}", f"hydra.run.dir={two_checkpoints}", cwd=tmp_path, check=False)
+    proc = run_cli(
+        "nanugpt.train",
+        *TINY,
+        "training.max_steps=6",
+        "eval.every=2",
+        "eval.iters=2",
+        f"resume={last}",
+        f"hydra.run.dir={two_checkpoints}",
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert f"step_0000002.pt (step 2); pass that path instead" in proc.stderr
+    assert "step_0000002.pt (step 2); pass that path instead" in proc.stderr
 
     # resume=auto (the default): warn and fall back to the newest good checkpoint.
-    out = run_cli("nanugpt.train", *TINY, "training.max_steps=6", "eval.every=2", "eval.iters=2", f"hydra.run.dir={two_checkpoints}", cwd=tmp_path).stdout
+    out = run_cli(
+        "nanugpt.train",
+        *TINY,
+        "training.max_steps=6",
+        "eval.every=2",
+        "eval.iters=2",
+        f"hydra.run.dir={two_checkpoints}",
+        cwd=tmp_path,
+    ).stdout
     assert f"Checkpoint {last} could not be loaded" in out and "trying an older one" in out
     assert f"Resumed from {ckpt_dir / 'step_0000002.pt'} at step 2" in out
     assert [r["step"] for r in read_metrics(two_checkpoints / "metrics.jsonl")] == list(range(1, 7))
@@ -91,7 +120,10 @@ def test_generate_names_a_corrupt_checkpoint(two_checkpoints, tmp_path):
     bad.write_bytes(b"PK\x03\x04 not really a zip")
     proc = run_cli("nanugpt.generate", f"ckpt={bad}", cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert f"Checkpoint {bad} could not be loaded" in proc.stderr and "last.pt (step 4); pass that path instead" in proc.stderr
+    assert (
+        f"Checkpoint {bad} could not be loaded" in proc.stderr
+        and "last.pt (step 4); pass that path instead" in proc.stderr
+    )
 
 
 def test_no_loadable_checkpoint_under_resume_auto_is_an_error(tmp_path):
@@ -158,7 +190,13 @@ def test_sigkill_training_during_frequent_saves_then_resume_matches(tmp_path):
     kills = 0
     for _ in range(3):
         before = read_log(ckpt_dir)[-1]["step"] if read_log(ckpt_dir) else 0
-        proc = subprocess.Popen([sys.executable, "-m", "nanugpt.train", *overrides, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nanugpt.train", *overrides, f"hydra.run.dir={run_dir}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         while proc.poll() is None and not (read_log(ckpt_dir) and read_log(ckpt_dir)[-1]["step"] > before):
             time.sleep(0.002)  # until this process has saved once
         time.sleep(rng.uniform(0, 0.2))
@@ -182,10 +220,14 @@ def small_disk(tmp_path):
     """A real 700 KB filesystem (tmpfs; needs root and a kernel that lets us mount)."""
     mount = tmp_path / "small_disk"
     mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mount)], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip() or proc.returncode}); "
-                    "test_file_size_limit_while_saving_keeps_the_last_checkpoint covers a real failed write")  # fmt: skip
+        pytest.skip(
+            f"cannot mount a small tmpfs here ({proc.stderr.strip() or proc.returncode}); "
+            "test_file_size_limit_while_saving_keeps_the_last_checkpoint covers a real failed write"
+        )
     try:
         yield mount
     finally:
@@ -203,11 +245,23 @@ def assert_previous_checkpoint_survives(ckpt_dir: Path, step: int) -> None:
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(small_disk, tmp_path):
     """The real thing: the training CLI on a disk with room for one ~430 KB checkpoint, not two."""
     run_dir = small_disk / "run"
-    proc = run_cli("nanugpt.train", *TINY, "training.max_steps=5", "eval.every=1", "eval.iters=1", f"hydra.run.dir={run_dir}", cwd=tmp_path, check=False)
+    proc = run_cli(
+        "nanugpt.train",
+        *TINY,
+        "training.max_steps=5",
+        "eval.every=1",
+        "eval.iters=1",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     message = " ".join(proc.stderr.split())
     ckpt_dir = run_dir / "checkpoints"
-    assert f"The disk is full: could not write checkpoint {ckpt_dir / 'step_0000002.pt'} for step 2 (No space left on device)" in message
+    assert (
+        f"The disk is full: could not write checkpoint {ckpt_dir / 'step_0000002.pt'} for step 2 (No space left on "
+        "device)" in message
+    )
     assert f"The last checkpoint {ckpt_dir / 'last.pt'} is intact" in message and "Free space on that disk" in message
     assert_previous_checkpoint_survives(ckpt_dir, 1)
 
@@ -230,9 +284,19 @@ try:
 except CheckpointError as err:
     print(err)
 """
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     ckpt_dir = tmp_path / "checkpoints"
-    assert f"Checkpoint {ckpt_dir / 'step_0000002.pt'} for step 2 is larger than this process may write (File too large" in proc.stdout
+    assert (
+        f"Checkpoint {ckpt_dir / 'step_0000002.pt'} for step 2 is larger than this process may write (File too large"
+        in proc.stdout
+    )
     assert f"The last checkpoint {ckpt_dir / 'last.pt'} is intact" in proc.stdout and "ulimit -f" in proc.stdout
     assert_previous_checkpoint_survives(ckpt_dir, 1)

@@ -25,9 +25,12 @@ def run_in_terminal(args: list[str], cwd) -> tuple[int, str]:
     """Run `python -m nanugpt.train args` with stdout and stderr on a pseudo-terminal."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nanugpt.train", *args], cwd=cwd, stdout=slave, stderr=slave,
+        [sys.executable, "-m", "nanugpt.train", *args],
+        cwd=cwd,
+        stdout=slave,
+        stderr=slave,
         env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "160"},
-    )  # fmt: skip
+    )
     os.close(slave)
     chunks = []
     while True:
@@ -48,7 +51,15 @@ def run_in_terminal(args: list[str], cwd) -> tuple[int, str]:
 
 def test_plain_output_log_file_provenance_and_mfu(tmp_path):
     run_dir = tmp_path / "run"
-    out = run_cli("nanugpt.train", *TINY, "training.max_steps=12", "eval.every=6", "logging.peak_tflops=0.001", f"hydra.run.dir={run_dir}", cwd=tmp_path).stdout
+    out = run_cli(
+        "nanugpt.train",
+        *TINY,
+        "training.max_steps=12",
+        "eval.every=6",
+        "logging.peak_tflops=0.001",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    ).stdout
     assert not ANSI.search(out)  # not a terminal: no bar, no colour codes
     assert "step 10/12" in out and "MFU " in out and "MFU n/a" not in out
 

@@ -78,23 +78,23 @@ def test_truncated_prepared_file_is_a_clear_error(tmp_path):
 
 def test_text_source_errors_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt"):
-        TextFiles(str(tmp_path / "nope.txt")).text
+        _ = TextFiles(str(tmp_path / "nope.txt")).text
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no files"):
-        TextFiles(str(tmp_path / "empty")).text
+        _ = TextFiles(str(tmp_path / "empty")).text
 
 
 def test_shakespeare_offline_error_says_how_to_pass_a_local_copy(tmp_path):
     src = TinyShakespeare(cache_dir=str(tmp_path), url="http://127.0.0.1:9/input.txt", timeout_s=2)
     with pytest.raises(RuntimeError, match="data.local_path="):
-        src.text
+        _ = src.text
 
 
 def test_shakespeare_local_copy_is_checked(tmp_path):
     wrong = tmp_path / "wrong.txt"
     wrong.write_text("not shakespeare")
     with pytest.raises(ValueError, match="sha256"):
-        TinyShakespeare(cache_dir=str(tmp_path), local_path=str(wrong)).text
+        _ = TinyShakespeare(cache_dir=str(tmp_path), local_path=str(wrong)).text
 
 
 def test_batches_are_shifted_windows_and_resume_exactly():
@@ -107,12 +107,14 @@ def test_batches_are_shifted_windows_and_resume_exactly():
     state = batches.state_dict()
     expected = batches.next_step()
     batches.load_state_dict(state)
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(expected, batches.next_step()))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(expected, batches.next_step(), strict=False))
 
 
 def test_ranks_split_one_global_batch():
     tokens = np.arange(5000, dtype=np.uint16)
-    make = lambda rank, world, dbs: RandomWindowBatches(tokens, 8, 8, dbs, rank, world, seed=3, device=torch.device("cpu"))
+    make = lambda rank, world, dbs: RandomWindowBatches(
+        tokens, 8, 8, dbs, rank, world, seed=3, device=torch.device("cpu")
+    )
     single = torch.cat([x for x, _ in make(0, 1, 2).next_step()])
     split = torch.cat([x for r in range(2) for x, _ in make(r, 2, 2).next_step()])
     assert sorted(map(tuple, single.tolist())) == sorted(map(tuple, split.tolist()))
@@ -122,7 +124,7 @@ def test_eval_batches_are_fixed_and_cover_ranks():
     tokens = np.arange(5000, dtype=np.uint16)
     one = fixed_eval_batches(tokens, 8, 4, 6, 0, 1, torch.device("cpu"))
     again = fixed_eval_batches(tokens, 8, 4, 6, 0, 1, torch.device("cpu"))
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(one, again))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(one, again, strict=False))
     r0 = fixed_eval_batches(tokens, 8, 4, 6, 0, 2, torch.device("cpu"))
     r1 = fixed_eval_batches(tokens, 8, 4, 6, 1, 2, torch.device("cpu"))
     assert len(r0) + len(r1) == 6 and torch.equal(r1[0][0], one[1][0])
@@ -137,7 +139,9 @@ def test_prefetching_loader_gives_the_same_batches_and_resume_position():
     """The GPU loader gathers step n+1 in a worker thread while step n computes; batches and the
     saved resume position must be those of the plain loader (checked here on the CPU)."""
     tokens = np.arange(5000, dtype=np.uint16)
-    make = lambda prefetch: RandomWindowBatches(tokens, 16, 8, 4, 0, 1, seed=5, device=torch.device("cpu"), prefetch=prefetch)
+    make = lambda prefetch: RandomWindowBatches(
+        tokens, 16, 8, 4, 0, 1, seed=5, device=torch.device("cpu"), prefetch=prefetch
+    )
     plain, ahead = make(False), make(True)
     for _ in range(3):
         for (x1, y1), (x2, y2) in zip(plain.next_step(), ahead.next_step(), strict=True):

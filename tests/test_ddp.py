@@ -47,7 +47,18 @@ def data_dir_override(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def torchrun(run_dir: Path, *overrides: str, nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "nanugpt.train", *DDP_TINY, *overrides, f"hydra.run.dir={run_dir}"],
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "nanugpt.train",
+            *DDP_TINY,
+            *overrides,
+            f"hydra.run.dir={run_dir}",
+        ],
         cwd=run_dir.parent,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
@@ -75,7 +86,7 @@ def ddp(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 def assert_same_losses(a: Path, b: Path) -> None:
     ra, rb = read_metrics(a / "metrics.jsonl"), read_metrics(b / "metrics.jsonl")
     assert [r["step"] for r in ra] == [r["step"] for r in rb] == list(range(1, STEPS + 1))
-    for x, y in zip(ra, rb):
+    for x, y in zip(ra, rb, strict=False):
         assert y["train/loss"] == pytest.approx(x["train/loss"], rel=REL_TOL), x["step"]
         assert y["train/acc"] == pytest.approx(x["train/acc"], abs=1e-9), x["step"]  # same predictions
         if "val/loss" in x:
@@ -130,14 +141,27 @@ def test_error_on_one_rank_ends_every_rank(tmp_path):
     port = str(29500 + os.getpid() % 1000)
     procs = []
     for rank in (0, 1):
-        env = {**os.environ, "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
-               "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}  # fmt: skip
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+        }
         if rank == 1:
             env["NANUGPT_DATA"] = str(bad_data_dir)
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "nanugpt.train", *DDP_TINY, f"hydra.run.dir={tmp_path / 'run'}"],
-            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        ))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "nanugpt.train", *DDP_TINY, f"hydra.run.dir={tmp_path / 'run'}"],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     start = time.monotonic()
     outputs = [p.communicate(timeout=240)[0] for p in procs]
     elapsed = time.monotonic() - start

@@ -151,14 +151,23 @@ def test_generate_rebuilds_only_allowlisted_targets(tiny_run, tmp_path):
     for part, target in [("model", "nanugpt.utils.os.system"), ("tokenizer", "nanugpt.models.gpt.torch.load")]:
         bad = copy.deepcopy(ckpt)
         bad["config"][part]["_target_"] = target
-        with pytest.raises(UntrustedCheckpointError, match=f"not one of nanugpt's own models or tokenizers \\({re.escape(target)}\\)"):
+        with pytest.raises(
+            UntrustedCheckpointError, match=f"not one of nanugpt's own models or tokenizers \\({re.escape(target)}\\)"
+        ):
             build_from_checkpoint(bad, torch.device("cpu"))
     bad = copy.deepcopy(ckpt)
-    bad["config"]["model"]["init"] = {"_target_": "nanugpt.utils.atomic_write_bytes", "path": str(tmp_path / "pwned"), "data": "x"}  # nested
+    bad["config"]["model"]["init"] = {
+        "_target_": "nanugpt.utils.atomic_write_bytes",
+        "path": str(tmp_path / "pwned"),
+        "data": "x",
+    }  # nested
     path = tmp_path / "bad.pt"
     torch.save(bad, path)
     err = fails_cleanly("nanugpt.generate", f"ckpt={path}", cwd=tmp_path)
-    assert f"The config in {path} names code that is not one of nanugpt's own models or tokenizers (nanugpt.utils.atomic_write_bytes)" in err
+    assert (
+        f"The config in {path} names code that is not one of nanugpt's own models or tokenizers "
+        "(nanugpt.utils.atomic_write_bytes)" in err
+    )
     assert "trust_checkpoint=true" in err and not (tmp_path / "pwned").exists()
 
 
@@ -169,7 +178,7 @@ EXPLODE = ["optim.lr=100", "sched.warmup_steps=0", "training.grad_clip=0", "trai
 def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     err = train_fails(tmp_path, *EXPLODE)
     ckpt_dir = tmp_path / "run" / "checkpoints"
-    assert f"Training stopped at step 5: the train loss is" in err and "grad norm inf" in err
+    assert "Training stopped at step 5: the train loss is" in err and "grad norm inf" in err
     assert f"the last good checkpoint {ckpt_dir / 'last.pt'} (step 4) is intact" in err
     assert "training.skip_nonfinite=true" in err
     ckpt = load_checkpoint(ckpt_dir / "last.pt")
@@ -179,7 +188,9 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(t
 
 def test_skip_nonfinite_skips_the_bad_steps_and_finishes(tmp_path):
     run_dir = tmp_path / "run"
-    out = run_cli("nanugpt.train", *SMALL, *EXPLODE, "training.skip_nonfinite=true", f"hydra.run.dir={run_dir}", cwd=tmp_path).stdout
+    out = run_cli(
+        "nanugpt.train", *SMALL, *EXPLODE, "training.skip_nonfinite=true", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    ).stdout
     assert "Step 5: train loss" in out and "skipping its optimizer step" in out
     rows = read_metrics(run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 11))
@@ -196,7 +207,14 @@ def test_repo_has_no_pickle_or_eval_of_user_files():
     sources = {p: p.read_text() for p in (REPO / "nanugpt").rglob("*.py")}
     for path, text in sources.items():
         assert "pickle.load" not in text and "eval(" not in text.replace("_eval(", "").replace(".eval(", ""), path
-        for unsafe in ("exec(", "yaml.load(", "yaml.unsafe_load", "allow_pickle=True", "trust_remote_code", "weights_only=False"):
+        for unsafe in (
+            "exec(",
+            "yaml.load(",
+            "yaml.unsafe_load",
+            "allow_pickle=True",
+            "trust_remote_code",
+            "weights_only=False",
+        ):
             assert unsafe not in text, f"{path}: {unsafe}"
         for line in text.splitlines():
             if "torch.load(" in line:

@@ -41,7 +41,9 @@ def other_model(name: str) -> torch.nn.Module:
 
     torch.manual_seed(0)
     if name == "llama":
-        model = Llama(vocab_size=50, context_length=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, intermediate_size=64)
+        model = Llama(
+            vocab_size=50, context_length=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, intermediate_size=64
+        )
     else:
         model = GPTModern(vocab_size=50, context_length=16, n_layer=2, n_head=2, n_embd=32)
     with torch.no_grad():
@@ -99,7 +101,16 @@ def test_seeded_sampling_matches_with_and_without_cache() -> None:
     model = trained_ish_model()
     prompt = torch.tensor([[1, 2, 3]])
     runs = [
-        generate(model, prompt, 30, temperature=0.9, top_k=20, top_p=0.9, generator=torch.Generator().manual_seed(7), use_cache=c)
+        generate(
+            model,
+            prompt,
+            30,
+            temperature=0.9,
+            top_k=20,
+            top_p=0.9,
+            generator=torch.Generator().manual_seed(7),
+            use_cache=c,
+        )
         for c in (True, False)
     ]
     assert torch.equal(runs[0], runs[1])
@@ -129,7 +140,9 @@ def test_padded_vocab_is_never_sampled_and_loss_is_unchanged() -> None:
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
     plain_loss = torch.nn.functional.cross_entropy(plain.logits(plain(idx)).flatten(0, 1), targets.flatten())
     torch.testing.assert_close(loss, plain_loss)
-    samples = torch.cat([sample_next(logits[:, -1], 1.0, None, None, torch.Generator().manual_seed(i)) for i in range(20)])
+    samples = torch.cat(
+        [sample_next(logits[:, -1], 1.0, None, None, torch.Generator().manual_seed(i)) for i in range(20)]
+    )
     assert int(samples.max()) < 50
 
 
@@ -151,19 +164,38 @@ def test_generate_texts_batches_prompts_and_cuts_at_stop_strings() -> None:
     torch.manual_seed(0)
     model = GPT(vocab_size=256, context_length=16, n_layer=1, n_head=2, n_embd=16).eval()
     cfg = OmegaConf.create(
-        dict(num_samples=2, max_new_tokens=40, temperature=1.0, top_k=None, top_p=None, seed=3,
-             use_cache=True, window_keep=None, compile=False, stop=None)
-    )  # fmt: skip
+        dict(
+            num_samples=2,
+            max_new_tokens=40,
+            temperature=1.0,
+            top_k=None,
+            top_p=None,
+            seed=3,
+            use_cache=True,
+            window_keep=None,
+            compile=False,
+            stop=None,
+        )
+    )
     prompts = ["ab", "xyz", "cd"]  # two lengths: two batches, results back in prompt order
     free = generate_texts(model, ByteTokenizer(), prompts, cfg, torch.device("cpu"))
-    assert [t[: len(p)] for t, p in zip(free, [p for p in prompts for _ in range(2)])] == ["ab", "ab", "xyz", "xyz", "cd", "cd"]
-    assert all(len(t.encode("utf-8", errors="surrogateescape")) > len(p) for t, p in zip(free, ["ab"] * 6))
+    assert [t[: len(p)] for t, p in zip(free, [p for p in prompts for _ in range(2)], strict=False)] == [
+        "ab",
+        "ab",
+        "xyz",
+        "xyz",
+        "cd",
+        "cd",
+    ]
+    assert all(
+        len(t.encode("utf-8", errors="surrogateescape")) > len(p) for t, p in zip(free, ["ab"] * 6, strict=False)
+    )
     # Stop at a character that occurs in the first free sample's continuation: the same seeded
     # sample is cut right after it.
     stop_char = free[0][2:][5]
     cfg.stop = [stop_char]
     stopped = generate_texts(model, ByteTokenizer(), prompts, cfg, torch.device("cpu"))
     assert stopped[0] == free[0][: 2 + free[0][2:].index(stop_char) + 1]
-    for text, prompt in zip(stopped, [p for p in prompts for _ in range(2)]):
+    for text, prompt in zip(stopped, [p for p in prompts for _ in range(2)], strict=False):
         new = text[len(prompt) :]
         assert stop_char not in new[:-1]  # nothing after the first stop string

@@ -64,7 +64,7 @@ def test_rows_score_only_the_answer():
     x, y = ModularArithmetic(7, "-", 0.5).examples(tok)["train"]
     assert x.shape[1] == 4 and y.shape == x.shape
     assert (y[:, :-1] == IGNORE_INDEX).all()
-    for row, target in zip(x.tolist(), y[:, -1].tolist()):
+    for row, target in zip(x.tolist(), y[:, -1].tolist(), strict=False):
         a, op, b, eq = tok.decode(row).split()
         assert (op, eq) == ("-", "=") and (int(a) - int(b)) % 7 == target
 
@@ -99,7 +99,9 @@ def test_example_batches_split_ranks_cover_epochs_and_resume_exactly():
     assert torch.equal(y, x + 100)
     state = json.loads(json.dumps({k: v.tolist() for k, v in epoch.state_dict().items()}))  # survives a copy
     expected = [epoch.next_step()[0][0] for _ in range(7)]
-    epoch.load_state_dict({k: torch.tensor(v, dtype=torch.uint8 if k == "generator" else torch.long) for k, v in state.items()})
+    epoch.load_state_dict(
+        {k: torch.tensor(v, dtype=torch.uint8 if k == "generator" else torch.long) for k, v in state.items()}
+    )
     assert all(torch.equal(a, epoch.next_step()[0][0]) for a in expected)
 
 
@@ -134,7 +136,11 @@ def test_tiny_transformer_is_causal_and_reports_its_size():
 
 @pytest.mark.parametrize(
     "kwargs,message",
-    [({"p": 91, "op": "/"}, "data.p=91 must be a prime"), ({"op": "%"}, "data.op='%'"), ({"train_fraction": 1.0}, "train_fraction=1.0")],
+    [
+        ({"p": 91, "op": "/"}, "data.p=91 must be a prime"),
+        ({"op": "%"}, "data.op='%'"),
+        ({"train_fraction": 1.0}, "train_fraction=1.0"),
+    ],
 )
 def test_bad_settings_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -154,9 +160,19 @@ def test_small_modular_addition_memorises_then_generalises(tmp_path):
     accuracy on held-out equations rises far above chance (1/23), which fails if the split, the
     tokens or the scored position were wrong."""
     cfg = compose_train(
-        ["experiment=grokking", "data.p=23", "data.op=+", "data.train_fraction=0.8", "optim.lr=3e-3", "model.n_embd=64",
-         "training.global_batch_size=64", "training.device_batch_size=64", "training.max_steps=300",
-         "eval.every=50", "eval.checkpoint=none"]  # fmt: skip
+        [
+            "experiment=grokking",
+            "data.p=23",
+            "data.op=+",
+            "data.train_fraction=0.8",
+            "optim.lr=3e-3",
+            "model.n_embd=64",
+            "training.global_batch_size=64",
+            "training.device_batch_size=64",
+            "training.max_steps=300",
+            "eval.every=50",
+            "eval.checkpoint=none",
+        ]
     )
     train(cfg, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -166,7 +182,16 @@ def test_small_modular_addition_memorises_then_generalises(tmp_path):
     assert evals[0]["val/acc"] < 0.2 and evals[-1]["val/acc"] > 0.5
 
 
-@pytest.mark.parametrize("name,op,p,wd", [("grokking_add", "+", 97, 1.0), ("grokking_sub", "-", 97, 1.0), ("grokking_mul", "*", 97, 1.0), ("grokking_p223", "/", 223, 1.0), ("grokking_wd0", "/", 97, 0.0)])
+@pytest.mark.parametrize(
+    "name,op,p,wd",
+    [
+        ("grokking_add", "+", 97, 1.0),
+        ("grokking_sub", "-", 97, 1.0),
+        ("grokking_mul", "*", 97, 1.0),
+        ("grokking_p223", "/", 223, 1.0),
+        ("grokking_wd0", "/", 97, 0.0),
+    ],
+)
 def test_variants_change_only_their_setting(name, op, p, wd):
     cfg = compose_train([f"experiment={name}"])
     assert (cfg.data.op, cfg.data.p, cfg.tokenizer.p, cfg.optim.weight_decay) == (op, p, p, wd)
@@ -175,8 +200,17 @@ def test_variants_change_only_their_setting(name, op, p, wd):
 
 # With experiment=grokking, an option that does not take a key the recipe sets gets it dropped
 # with `~key` (the experiment's header says so); everything else composes as typed.
-SMALL = ["data.p=11", "model.n_layer=1", "model.n_head=2", "model.n_embd=32", "training.global_batch_size=16",
-         "training.device_batch_size=16", "training.max_steps=6", "eval.every=3", "eval.checkpoint=none"]  # fmt: skip
+SMALL = [
+    "data.p=11",
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "training.global_batch_size=16",
+    "training.device_batch_size=16",
+    "training.max_steps=6",
+    "eval.every=3",
+    "eval.checkpoint=none",
+]
 NEEDS = {
     ("optim", "muon"): ["~optim.betas"],
     ("optim", "sgd"): ["~optim.betas"],
@@ -193,7 +227,9 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in ("model", "optim", "sched", "scaler", "loss") for o in group_options(g)])
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g in ("model", "optim", "sched", "scaler", "loss") for o in group_options(g)]
+)
 def test_every_option_trains_with_the_grokking_experiment(group, option, tmp_path):
     if option.startswith("hf_"):
         pytest.importorskip("transformers", reason="optional extra [hf] not installed")

@@ -23,7 +23,10 @@ from nanugpt.train import train
 
 from .conftest import REPO, TINY, compose_train, run_cli
 
-STORIES = [f"Once upon a time, story {i}: a {['cat', 'dog', 'fox'][i % 3]} named Ümit found {i * 7} apples." for i in range(120)]
+STORIES = [
+    f"Once upon a time, story {i}: a {['cat', 'dog', 'fox'][i % 3]} named Ümit found {i * 7} apples."
+    for i in range(120)
+]
 
 
 @pytest.fixture
@@ -38,7 +41,13 @@ def local(option: str, data_files: dict, builder: str, *extra: str) -> list[str]
     """Overrides that load `option` from local files; the datasets cache stays beside them."""
     files = ",".join(f"{k}:'{v}'" for k, v in data_files.items())
     cache = Path(next(iter(data_files.values()))).parent / "hf_cache"
-    return [f"data={option}", f"data.path={builder}", f"data.data_files={{{files}}}", f"data.cache_dir='{cache}'", *extra]
+    return [
+        f"data={option}",
+        f"data.path={builder}",
+        f"data.data_files={{{files}}}",
+        f"data.cache_dir='{cache}'",
+        *extra,
+    ]
 
 
 def test_tinystories_format_prepares_in_parallel_shards(tmp_path, parquet_stories):
@@ -57,7 +66,9 @@ def test_openwebtext_format_holds_out_val_from_train_with_eot(tmp_path, tiktoken
     from nanugpt.tokenizers.tiktoken_bpe import TiktokenTokenizer
 
     (tmp_path / "owt.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in STORIES))
-    cfg = compose_train(local("openwebtext", {"train": str(tmp_path / "owt.jsonl")}, "json", "data.val_fraction=0.1", "data.num_proc=1"))
+    cfg = compose_train(
+        local("openwebtext", {"train": str(tmp_path / "owt.jsonl")}, "json", "data.val_fraction=0.1", "data.num_proc=1")
+    )
     tok = TiktokenTokenizer("gpt2", tiktoken_rank_file("gpt2"))
     data = prepare(instantiate(cfg.data), tok, tmp_path / "d", {"c": 1}, {})
     docs = {split: tok.decode(getattr(data, split)).split("<|endoftext|>") for split in ("train", "val")}
@@ -92,13 +103,25 @@ class CrashingSource(HubDataset):
 
 
 def test_interrupted_prepare_continues_from_finished_shards(tmp_path, parquet_stories):
-    make = lambda crash_at=None: CrashingSource("tinystories", "parquet", data_files=parquet_stories, shard_docs=20, num_proc=1, crash_at=crash_at, cache_dir=str(tmp_path / "hf"))
+    make = lambda crash_at=None: CrashingSource(
+        "tinystories",
+        "parquet",
+        data_files=parquet_stories,
+        shard_docs=20,
+        num_proc=1,
+        crash_at=crash_at,
+        cache_dir=str(tmp_path / "hf"),
+    )
     tok_cfg = {"chars": None}
     with pytest.raises(KeyboardInterrupt):
         prepare(make(crash_at=3), CharTokenizer(), tmp_path / "d", {"c": 1}, tok_cfg)
     path = next(p for p in (tmp_path / "d").iterdir() if p.is_dir())
     assert not (path / "meta.json").exists()  # never looks complete
-    assert sorted(p.name for p in (path / "partial").glob("*.bin")) == ["train-00000.bin", "train-00001.bin", "train-00002.bin"]
+    assert sorted(p.name for p in (path / "partial").glob("*.bin")) == [
+        "train-00000.bin",
+        "train-00001.bin",
+        "train-00002.bin",
+    ]
     with pytest.raises(FileNotFoundError):
         load_prepared(path)
     resumed_source = make()
@@ -110,7 +133,15 @@ def test_interrupted_prepare_continues_from_finished_shards(tmp_path, parquet_st
 
 
 def test_interrupted_prepare_of_a_changed_source_restarts_cleanly(tmp_path, parquet_stories):
-    make = lambda files, crash_at=None: CrashingSource("tinystories", "parquet", data_files=files, shard_docs=20, num_proc=1, crash_at=crash_at, cache_dir=str(tmp_path / "hf"))
+    make = lambda files, crash_at=None: CrashingSource(
+        "tinystories",
+        "parquet",
+        data_files=files,
+        shard_docs=20,
+        num_proc=1,
+        crash_at=crash_at,
+        cache_dir=str(tmp_path / "hf"),
+    )
     with pytest.raises(KeyboardInterrupt):
         prepare(make(parquet_stories, crash_at=2), ByteTokenizer(), tmp_path / "d", {"c": 1}, {})
     datasets.Dataset.from_dict({"text": [s.upper() for s in STORIES[:100]]}).to_parquet(parquet_stories["train"])
@@ -122,16 +153,19 @@ def test_interrupted_prepare_of_a_changed_source_restarts_cleanly(tmp_path, parq
 
 def test_hub_source_errors_name_the_bad_value(tmp_path, parquet_stories):
     with pytest.raises(ValueError, match="data.val_split=test is not a split"):
-        HubDataset("x", "parquet", data_files=parquet_stories, val_split="test", cache_dir=str(tmp_path)).splits
+        _ = HubDataset("x", "parquet", data_files=parquet_stories, val_split="test", cache_dir=str(tmp_path)).splits
     with pytest.raises(ValueError, match="data.text_field=story is not a column"):
-        HubDataset("x", "parquet", data_files=parquet_stories, text_field="story", cache_dir=str(tmp_path)).splits
+        _ = HubDataset("x", "parquet", data_files=parquet_stories, text_field="story", cache_dir=str(tmp_path)).splits
 
 
 def test_offline_hub_data_set_is_a_clear_error(tmp_path):
     proc = run_cli(
-        "nanugpt.prepare", "data=tinystories", cwd=REPO, check=False,
+        "nanugpt.prepare",
+        "data=tinystories",
+        cwd=REPO,
+        check=False,
         env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "NANUGPT_DATA": str(tmp_path / "d")},
-    )  # fmt: skip
+    )
     assert proc.returncode != 0
     err = proc.stderr
     assert "Could not load the data set 'roneneldan/TinyStories' for data=tinystories" in err
@@ -139,7 +173,11 @@ def test_offline_hub_data_set_is_a_clear_error(tmp_path):
 
 
 def test_training_on_a_hub_format_data_set(tmp_path, parquet_stories):
-    cfg = compose_train([o for o in TINY if not o.startswith("data.")] + local("tinystories", parquet_stories, "parquet") + ["model.context_length=16", "training.max_steps=4", "eval.every=4", "eval.iters=1"])
+    cfg = compose_train(
+        [o for o in TINY if not o.startswith("data.")]
+        + local("tinystories", parquet_stories, "parquet")
+        + ["model.context_length=16", "training.max_steps=4", "eval.every=4", "eval.iters=1"]
+    )
     assert train(cfg, tmp_path / "run") < 6.0
 
 
@@ -170,9 +208,19 @@ def test_prepare_killed_mid_way_resumes_to_the_same_tokens(tmp_path):
     files = {"train": str(tmp_path / "train.parquet"), "validation": str(tmp_path / "validation.parquet")}
     args = local("tinystories", files, "parquet", "data.shard_docs=10", "data.num_proc=1")
     env = {**os.environ, "PYTHONPATH": str(REPO), "NANUGPT_DATA": str(tmp_path / "d")}
-    proc = subprocess.Popen([sys.executable, "-m", "nanugpt.prepare", *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nanugpt.prepare", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
-    while not list((tmp_path / "d").glob("*/partial/train-0000[3-9].bin")) and time.monotonic() < deadline and proc.poll() is None:
+    while (
+        not list((tmp_path / "d").glob("*/partial/train-0000[3-9].bin"))
+        and time.monotonic() < deadline
+        and proc.poll() is None
+    ):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -15,7 +15,18 @@ V, T = 50, 16
 
 def tiny_llama(**kw) -> Llama:
     torch.manual_seed(0)
-    return Llama(**{"vocab_size": V, "context_length": T, "n_layer": 2, "n_head": 4, "n_kv_head": 2, "n_embd": 32, "intermediate_size": 64, **kw})
+    return Llama(
+        **{
+            "vocab_size": V,
+            "context_length": T,
+            "n_layer": 2,
+            "n_head": 4,
+            "n_kv_head": 2,
+            "n_embd": 32,
+            "intermediate_size": 64,
+            **kw,
+        }
+    )
 
 
 def tiny_modern(**kw) -> GPTModern:
@@ -46,7 +57,9 @@ MODELS = {
     "llama_mha": lambda: tiny_llama(n_kv_head=None),
     "gpt_modern": tiny_modern,
     "hf_gpt2": lambda: hf_models()[1](vocab_size=V, context_length=T, n_layer=2, n_head=2, n_embd=16),
-    "hf_llama": lambda: hf_models()[2](vocab_size=V, context_length=T, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, intermediate_size=64),
+    "hf_llama": lambda: hf_models()[2](
+        vocab_size=V, context_length=T, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, intermediate_size=64
+    ),
 }
 
 
@@ -132,9 +145,33 @@ def test_llama_head_is_untied_unless_asked():
     "config,expected",
     [
         # TinyLlama-1.1B (its model card / HF LlamaForCausalLM): 1,100,048,384
-        (dict(vocab_size=32000, context_length=2048, n_layer=22, n_head=32, n_kv_head=4, n_embd=2048, intermediate_size=5632), 1_100_048_384),
+        (
+            dict(
+                vocab_size=32000,
+                context_length=2048,
+                n_layer=22,
+                n_head=32,
+                n_kv_head=4,
+                n_embd=2048,
+                intermediate_size=5632,
+            ),
+            1_100_048_384,
+        ),
         # Llama-3.2-1B (tied head): 1,235,814,400
-        (dict(vocab_size=128256, context_length=2048, n_layer=16, n_head=32, n_kv_head=8, n_embd=2048, intermediate_size=8192, rope_theta=500000.0, tie_embeddings=True), 1_235_814_400),
+        (
+            dict(
+                vocab_size=128256,
+                context_length=2048,
+                n_layer=16,
+                n_head=32,
+                n_kv_head=8,
+                n_embd=2048,
+                intermediate_size=8192,
+                rope_theta=500000.0,
+                tie_embeddings=True,
+            ),
+            1_235_814_400,
+        ),
     ],
 )
 def test_llama_parameter_counts_match_the_published_models(config, expected):
@@ -208,10 +245,28 @@ def test_plain_llama_computes_what_transformers_llama_computes():
     """Same weights, same logits: our RMSNorm / RoPE / GQA / SwiGLU agree with LlamaForCausalLM."""
     _, _, hf_llama = hf_models()
     ours = tiny_llama(rope_theta=500000.0).eval()
-    theirs = hf_llama(vocab_size=V, context_length=T, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, intermediate_size=64, rope_theta=500000.0).eval()
-    names = {"tok_embeddings": "model.embed_tokens", "attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm",
-             "attn.wq": "self_attn.q_proj", "attn.wk": "self_attn.k_proj", "attn.wv": "self_attn.v_proj", "attn.wo": "self_attn.o_proj",
-             "mlp.w1": "mlp.gate_proj", "mlp.w3": "mlp.up_proj", "mlp.w2": "mlp.down_proj"}  # fmt: skip
+    theirs = hf_llama(
+        vocab_size=V,
+        context_length=T,
+        n_layer=2,
+        n_head=4,
+        n_kv_head=2,
+        n_embd=32,
+        intermediate_size=64,
+        rope_theta=500000.0,
+    ).eval()
+    names = {
+        "tok_embeddings": "model.embed_tokens",
+        "attn_norm": "input_layernorm",
+        "mlp_norm": "post_attention_layernorm",
+        "attn.wq": "self_attn.q_proj",
+        "attn.wk": "self_attn.k_proj",
+        "attn.wv": "self_attn.v_proj",
+        "attn.wo": "self_attn.o_proj",
+        "mlp.w1": "mlp.gate_proj",
+        "mlp.w3": "mlp.up_proj",
+        "mlp.w2": "mlp.down_proj",
+    }
     state = {}
     for key, value in ours.state_dict().items():
         hf_key = "model." + key if key.startswith(("layers.", "norm.")) else key

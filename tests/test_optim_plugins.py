@@ -43,8 +43,14 @@ def test_muon_groups_hidden_matrices_apart_from_embeddings_head_and_norms():
     groups = muon_param_groups(model)
     assert names(model, groups["embed"]) == {"tok_embeddings.weight"}
     assert names(model, groups["head"]) == {"lm_head.weight"}
-    assert names(model, groups["scalar"]) == {"norm.weight"} | {f"layers.{i}.{n}_norm.weight" for i in range(2) for n in ("attn", "mlp")}
-    assert names(model, groups["hidden"]) == {f"layers.{i}.{m}.weight" for i in range(2) for m in ("attn.wq", "attn.wk", "attn.wv", "attn.wo", "mlp.w1", "mlp.w2", "mlp.w3")}
+    assert names(model, groups["scalar"]) == {"norm.weight"} | {
+        f"layers.{i}.{n}_norm.weight" for i in range(2) for n in ("attn", "mlp")
+    }
+    assert names(model, groups["hidden"]) == {
+        f"layers.{i}.{m}.weight"
+        for i in range(2)
+        for m in ("attn.wq", "attn.wk", "attn.wv", "attn.wo", "mlp.w1", "mlp.w2", "mlp.w3")
+    }
     assert sum(len(g) for g in groups.values()) == len(list(model.parameters()))
 
 
@@ -59,7 +65,12 @@ def test_muon_treats_a_tied_head_as_the_embedding_once():
 def test_muon_optimizer_has_one_group_per_kind_with_its_own_lr_and_trains():
     model = llama()
     opt = muon(model, lr=0.02, embed_lr=0.3, head_lr=0.004, scalar_lr=0.05, adamw_weight_decay=0.1)
-    assert [(g["name"], g["lr"]) for g in opt.param_groups] == [("hidden", 0.02), ("embed", 0.3), ("head", 0.004), ("scalar", 0.05)]
+    assert [(g["name"], g["lr"]) for g in opt.param_groups] == [
+        ("hidden", 0.02),
+        ("embed", 0.3),
+        ("head", 0.004),
+        ("scalar", 0.05),
+    ]
     assert [g["weight_decay"] for g in opt.param_groups[1:]] == [0.1, 0.1, 0.0]  # norms never decay
     assert isinstance(opt.muon, torch.optim.Muon) and isinstance(opt.adamw, torch.optim.AdamW)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -90,7 +101,9 @@ def test_muon_state_dict_round_trips_through_a_checkpoint_and_resumes_identicall
     sched_a = cosine(opt_a, max_steps=20, warmup_steps=2)
     train_steps(model_a, opt_a, 3)
     sched_a.step()
-    ckpt = save_load({"model": model_a.state_dict(), "optimizer": opt_a.state_dict(), "scheduler": sched_a.state_dict()})
+    ckpt = save_load(
+        {"model": model_a.state_dict(), "optimizer": opt_a.state_dict(), "scheduler": sched_a.state_dict()}
+    )
     assert set(ckpt["optimizer"]) == {"muon", "adamw"}
     assert ckpt["optimizer"]["muon"]["state"]  # momentum buffers were saved
 
@@ -104,7 +117,7 @@ def test_muon_state_dict_round_trips_through_a_checkpoint_and_resumes_identicall
         for _ in range(2):
             train_steps(model, opt, 1, seed=7)
             sched.step()
-    for (n, a), b in zip(model_a.named_parameters(), model_b.parameters()):
+    for (n, a), b in zip(model_a.named_parameters(), model_b.parameters(), strict=False):
         assert torch.equal(a, b), n
     assert [g["lr"] for g in opt_a.param_groups] == [g["lr"] for g in opt_b.param_groups]
     assert opt_b.param_groups[0] is opt_b.muon.param_groups[0]  # still linked after loading
@@ -116,14 +129,16 @@ def test_muon_in_bf16_is_torchs_muon_bit_for_bit_and_cpu_defaults_to_float32():
     kw = dict(lr=0.05, momentum=0.9, weight_decay=0.1, adjust_lr_fn="original")
     reference = torch.optim.Muon(hidden[0], **kw)
     ours_bf16 = Muon(hidden[1], ns_dtype=torch.bfloat16, **kw)
-    for model, opt in zip(models, (reference, ours_bf16)):
+    for model, opt in zip(models, (reference, ours_bf16), strict=False):
         train_steps(model, opt, 3)
-    for a, b in zip(*hidden):
+    for a, b in zip(*hidden, strict=False):
         assert torch.equal(a, b)  # the same update as torch's, step for step
     assert ours_bf16.state_dict()["state"].keys() == reference.state_dict()["state"].keys()
     # float32: the same orthogonalisation, rounded less (singular values in NS's ~(0.7, 1.2) band)
     g = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
-    bf16, fp32 = (newton_schulz(g, (3.4445, -4.7750, 2.0315), 5, 1e-7, dt).float() for dt in (torch.bfloat16, torch.float32))
+    bf16, fp32 = (
+        newton_schulz(g, (3.4445, -4.7750, 2.0315), 5, 1e-7, dt).float() for dt in (torch.bfloat16, torch.float32)
+    )
     assert 0 < (bf16 - fp32).norm() / fp32.norm() < 0.05
     sv = torch.linalg.svdvals(fp32)
     assert 0.6 < sv.min() and sv.max() < 1.25

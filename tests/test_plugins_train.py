@@ -52,7 +52,9 @@ def test_every_option_trains_a_few_steps(group, option, tmp_path, corpus):
     if (group, option) in NEEDS_TRANSFORMERS:
         pytest.importorskip("transformers", reason="optional extra [hf] not installed")
     tiny = [o for o in TINY if not o.startswith("data.")] + ["data=text", f"data.path={corpus}"]
-    cfg = compose_train(tiny + [f"{group}={option}", "training.max_steps=12", "eval.every=12"] + EXTRA.get((group, option), []))
+    cfg = compose_train(
+        tiny + [f"{group}={option}", "training.max_steps=12", "eval.every=12"] + EXTRA.get((group, option), [])
+    )
     if "warmup_steps" in cfg.sched:
         cfg.sched.warmup_steps = 2
     train(cfg, tmp_path)

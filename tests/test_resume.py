@@ -32,7 +32,9 @@ KILL_AFTER = 5
 BASE = [*TINY, f"training.max_steps={MAX_STEPS}", "eval.every=2", "eval.iters=2", "model.dropout=0.1"]
 
 
-def launch(cmd: list[str], run_dir: Path, overrides: list[str], log_name: str, env: dict | None = None) -> subprocess.Popen:
+def launch(
+    cmd: list[str], run_dir: Path, overrides: list[str], log_name: str, env: dict | None = None
+) -> subprocess.Popen:
     """Start a training process (its output to a log file beside the run dir)."""
     with open(run_dir.parent / f"{run_dir.name}-{log_name}.log", "w") as log_file:  # the child keeps its own fd
         return subprocess.Popen(
@@ -93,7 +95,9 @@ def train_losses(run_dir: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["train/loss"]) for r in read_metrics(run_dir / "metrics.jsonl")]
 
 
-def check_kill_and_resume_is_bit_identical(tmp_path: Path, cmd: list[str], overrides: list[str], env: dict | None = None) -> int:
+def check_kill_and_resume_is_bit_identical(
+    tmp_path: Path, cmd: list[str], overrides: list[str], env: dict | None = None
+) -> int:
     """Returns the step the resumed run continued from."""
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     ref = launch(cmd, reference, overrides, "reference", env)
@@ -107,12 +111,18 @@ def check_kill_and_resume_is_bit_identical(tmp_path: Path, cmd: list[str], overr
         assert (resumed / "checkpoints" / entry["path"]).is_file()
 
     finish(launch(cmd, resumed, overrides, "resume", env), "resume")
-    assert f"Resumed from {resumed}/checkpoints/last.pt at step {ckpt_step}" in (tmp_path / "resumed-resume.log").read_text()
+    assert (
+        f"Resumed from {resumed}/checkpoints/last.pt at step {ckpt_step}"
+        in (tmp_path / "resumed-resume.log").read_text()
+    )
 
     ref_losses, got_losses = train_losses(reference), train_losses(resumed)
     assert [s for s, _ in got_losses] == list(range(1, MAX_STEPS + 1))  # one row per step, no duplicates
     assert got_losses == ref_losses  # exact float equality, steps after the kill included
-    ref_ckpt, got_ckpt = load_checkpoint(reference / "checkpoints" / "last.pt"), load_checkpoint(resumed / "checkpoints" / "last.pt")
+    ref_ckpt, got_ckpt = (
+        load_checkpoint(reference / "checkpoints" / "last.pt"),
+        load_checkpoint(resumed / "checkpoints" / "last.pt"),
+    )
     assert ref_ckpt["model"].keys() == got_ckpt["model"].keys()
     for name, tensor in ref_ckpt["model"].items():
         assert torch.equal(tensor, got_ckpt["model"][name]), name
@@ -130,7 +140,9 @@ def test_sigkill_and_resume_with_grad_accum_continues_the_same_wandb_run(tmp_pat
     wandb_dir = tmp_path / "wandb_dir"
     overrides = [*BASE, "training.device_batch_size=4", "logging.wandb.mode=offline"]
     env = {"WANDB_DIR": str(wandb_dir), "WANDB_SILENT": "true"}
-    ckpt_step = check_kill_and_resume_is_bit_identical(tmp_path, [sys.executable, "-m", "nanugpt.train"], overrides, env)
+    ckpt_step = check_kill_and_resume_is_bit_identical(
+        tmp_path, [sys.executable, "-m", "nanugpt.train"], overrides, env
+    )
     run_id = (tmp_path / "resumed" / RUN_ID_FILE).read_text().strip()
     files = [p for p in offline_runs(wandb_dir) if p.name == f"run-{run_id}.wandb"]
     assert len(files) == 2  # the killed run's and the resumed run's, one W&B run id
@@ -140,7 +152,15 @@ def test_sigkill_and_resume_with_grad_accum_continues_the_same_wandb_run(tmp_pat
 @pytest.mark.slow
 def test_sigkill_and_resume_is_bit_identical_with_two_ddp_ranks(tmp_path):
     """2 ranks on gloo via torchrun; each rank's RNG state (dropout) is saved and restored."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "nanugpt.train"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "nanugpt.train",
+    ]
     overrides = [*BASE, "training.device_batch_size=4", "training.device=cpu"]
     check_kill_and_resume_is_bit_identical(tmp_path, torchrun, overrides)
     ckpt = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")

@@ -36,7 +36,7 @@ def test_amp_scaler_unscales_before_clipping():
     assert raw == pytest.approx(1024.0 * ref_norm.item(), rel=1e-4)  # gradients are scaled
     norm = scaler.unscale_and_clip_(opt, model.parameters(), 0.5)
     assert norm.item() == pytest.approx(ref_norm.item(), rel=1e-4)  # the logged norm is the true one
-    for p, g in zip(model.parameters(), ref_grads):
+    for p, g in zip(model.parameters(), ref_grads, strict=False):
         assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-7)  # clipped as if never scaled
     scaler.step(opt)
     scaler.update()
@@ -53,7 +53,7 @@ def test_amp_scaler_skips_a_step_with_inf_gradients_and_lowers_the_scale():
     scaler.unscale_and_clip_(opt, model.parameters(), 1.0)
     scaler.step(opt)
     scaler.update()
-    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=False))
     assert scaler.get_scale() == 512.0
 
 
@@ -68,9 +68,11 @@ def test_no_clip_when_grad_clip_is_zero():
     ref_norm, ref_grads = reference_grads(float("inf"))
     model, loss = model_and_loss()
     loss.backward()
-    norm = AmpScaler("cpu", float16=False, enabled=False).unscale_and_clip_(torch.optim.SGD(model.parameters(), lr=0.1), model.parameters(), 0.0)
+    norm = AmpScaler("cpu", float16=False, enabled=False).unscale_and_clip_(
+        torch.optim.SGD(model.parameters(), lr=0.1), model.parameters(), 0.0
+    )
     assert norm.item() == pytest.approx(ref_norm.item(), rel=1e-5)
-    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), ref_grads))
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), ref_grads, strict=False))
 
 
 def test_per_tensor_norm_sets_every_gradient_norm_to_the_clip_value():
@@ -83,7 +85,7 @@ def test_per_tensor_norm_sets_every_gradient_norm_to_the_clip_value():
     assert norm.item() == pytest.approx(ref_norm.item(), rel=1e-4)  # logs the global norm before
     ref_norms = [g.norm().item() for g in ref_grads]
     assert max(ref_norms) / min(ref_norms) > 10  # raw gradient norms differ a lot ...
-    for p, g in zip(model.parameters(), ref_grads):
+    for p, g in zip(model.parameters(), ref_grads, strict=False):
         assert p.grad.norm().item() == pytest.approx(0.5, rel=1e-4)  # ... afterwards all are 0.5
         assert torch.nn.functional.cosine_similarity(p.grad.flatten(), g.flatten(), dim=0) > 0.9999  # direction kept
 
@@ -92,4 +94,6 @@ def test_per_tensor_norm_needs_a_positive_clip_value():
     model, loss = model_and_loss()
     loss.backward()
     with pytest.raises(ValueError, match="training.grad_clip"):
-        PerTensorNormScaler("cpu", float16=False).unscale_and_clip_(torch.optim.SGD(model.parameters(), lr=0.1), model.parameters(), 0.0)
+        PerTensorNormScaler("cpu", float16=False).unscale_and_clip_(
+            torch.optim.SGD(model.parameters(), lr=0.1), model.parameters(), 0.0
+        )

@@ -8,7 +8,7 @@ import torch
 from nanugpt.metrics import read_metrics
 from nanugpt.sched.constant import constant
 from nanugpt.sched.linear import linear
-from nanugpt.sched.lr_range_test import lr_range_test, plot_lr_range_test, suggest_lr
+from nanugpt.sched.lr_range_test import lr_range_test, suggest_lr
 from nanugpt.sched.wsd import wsd
 from nanugpt.train import train
 
@@ -32,7 +32,7 @@ def test_linear_warms_up_then_decays_to_min_at_the_end():
     assert got[0] == pytest.approx(0.1) and got[9] == pytest.approx(1.0)
     assert got[60] == pytest.approx(1.0 - 0.9 * 0.5)  # halfway through the decay
     assert got[110] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(got[9:], got[10:]))
+    assert all(a >= b for a, b in zip(got[9:], got[10:], strict=False))
 
 
 def test_constant_warms_up_then_stays():
@@ -43,12 +43,14 @@ def test_constant_warms_up_then_stays():
 
 @pytest.mark.parametrize("shape,mid", [("linear", 0.5), ("cosine", 0.5), ("1-sqrt", 1 - math.sqrt(0.5))])
 def test_wsd_has_warmup_stable_and_decay_phases(shape, mid):
-    got = lrs(lambda o: wsd(o, max_steps=100, warmup_steps=10, decay_fraction=0.2, min_lr_ratio=0.0, decay_shape=shape), 101)
+    got = lrs(
+        lambda o: wsd(o, max_steps=100, warmup_steps=10, decay_fraction=0.2, min_lr_ratio=0.0, decay_shape=shape), 101
+    )
     assert got[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])  # warmup
     assert got[10:81] == pytest.approx([1.0] * 71)  # stable until the decay starts at step 80
     assert got[90] == pytest.approx(mid)  # halfway through the decay
     assert got[100] == pytest.approx(0.0, abs=1e-12)
-    assert all(a >= b for a, b in zip(got[80:], got[81:]))
+    assert all(a >= b for a, b in zip(got[80:], got[81:], strict=False))
 
 
 def test_wsd_rejects_a_warmup_that_runs_into_the_decay():
@@ -63,7 +65,7 @@ def test_lr_range_test_rises_exponentially_from_min_to_max_whatever_the_optimize
     got = lrs(lambda o: lr_range_test(o, max_steps=101, min_lr=1e-5, max_lr=1.0), 101, lr=3e-3)
     assert got[0] == pytest.approx(1e-5) and got[100] == pytest.approx(1.0)
     assert got[50] == pytest.approx(1e-5 * 1e5**0.5)  # geometric midpoint
-    ratios = [b / a for a, b in zip(got, got[1:])]
+    ratios = [b / a for a, b in zip(got, got[1:], strict=False)]
     assert ratios == pytest.approx([ratios[0]] * 100)
 
 
@@ -90,7 +92,17 @@ def test_suggest_lr_finds_the_dip_of_a_synthetic_curve():
 
 
 def test_lr_range_test_run_gives_a_plot_and_a_suggested_lr(tmp_path):
-    cfg = compose_train(TINY + ["sched=lr_range_test", "training.max_steps=80", "eval.every=80", "eval.checkpoint=none", "sched.min_lr=1e-4", "sched.max_lr=1.0"])
+    cfg = compose_train(
+        TINY
+        + [
+            "sched=lr_range_test",
+            "training.max_steps=80",
+            "eval.every=80",
+            "eval.checkpoint=none",
+            "sched.min_lr=1e-4",
+            "sched.max_lr=1.0",
+        ]
+    )
     train(cfg, tmp_path)
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert rows[0]["run/lr"] == pytest.approx(1e-4) and rows[-1]["run/lr"] == pytest.approx(1.0)

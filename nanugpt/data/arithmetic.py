@@ -24,7 +24,13 @@ class ArithmeticStrings:
     name = "arithmetic"
 
     def __init__(
-        self, op: str = "+", n_digits: int = 3, num_examples: int = 20000, train_fraction: float = 0.9, reverse_answer: bool = True, seed: int = 0
+        self,
+        op: str = "+",
+        n_digits: int = 3,
+        num_examples: int = 20000,
+        train_fraction: float = 0.9,
+        reverse_answer: bool = True,
+        seed: int = 0,
     ) -> None:
         if op not in ANSWER_DIGITS:
             raise ValueError(f"data.op={op!r} is not one of '+', '*' (e.g. data.op=+).")
@@ -63,8 +69,32 @@ class ArithmeticStrings:
         return {"train": (inputs[train], targets[train]), "val": (inputs[val], targets[val])}
 
     def batches(
-        self, tokenizer: Tokenizer, global_batch_size: int, device_batch_size: int, rank: int, world_size: int, seed: int, device: torch.device
+        self,
+        tokenizer: Tokenizer,
+        global_batch_size: int,
+        device_batch_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        device: torch.device,
     ) -> ExampleData:
         splits = self.examples(tokenizer)
-        meta: dict[str, Any] = {"source": self.name, "op": self.op, "n_digits": self.n_digits, "reverse_answer": self.reverse_answer, "split_seed": self.seed}
-        return build_example_data(splits["train"], splits["val"], tokenizer, meta, global_batch_size, device_batch_size, rank, world_size, seed, device)
+        meta: dict[str, Any] = {
+            "source": self.name,
+            "op": self.op,
+            "n_digits": self.n_digits,
+            "reverse_answer": self.reverse_answer,
+            "split_seed": self.seed,
+        }
+        return build_example_data(
+            splits["train"],
+            splits["val"],
+            tokenizer,
+            meta,
+            global_batch_size,
+            device_batch_size,
+            rank,
+            world_size,
+            seed,
+            device,
+        )

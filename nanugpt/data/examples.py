@@ -11,8 +11,9 @@ Each row is `prompt + answer`; the model reads `row[:-1]` and the targets are `r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -21,7 +22,9 @@ from nanugpt.tokenizers.base import Tokenizer
 IGNORE_INDEX = -100
 
 
-def encode_examples(tokenizer: Tokenizer, prompts: Sequence[str], answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_examples(
+    tokenizer: Tokenizer, prompts: Sequence[str], answers: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets), each (N, T): targets are -100 except at the answer's tokens."""
     rows, masks = [], []
     for prompt, answer in zip(prompts, answers, strict=True):
@@ -47,7 +50,9 @@ def split_indices(n: int, train_fraction: float, seed: int) -> tuple[torch.Tenso
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_train = round(n * train_fraction)
     if not 0 < n_train < n:
-        raise ValueError(f"data.train_fraction={train_fraction} of {n} examples leaves an empty split; raise or lower it.")
+        raise ValueError(
+            f"data.train_fraction={train_fraction} of {n} examples leaves an empty split; raise or lower it."
+        )
     return order[:n_train].sort().values, order[n_train:].sort().values
 
 
@@ -94,9 +99,11 @@ class ExampleBatches:
         self.order = state["order"].clone()
 
 
-def eval_batches(inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, rank: int, world_size: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(
+    inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, rank: int, world_size: int, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The whole split in chunks of `batch_size` rows; rank r takes every world_size-th chunk."""
-    chunks = list(zip(inputs.split(batch_size), targets.split(batch_size)))
+    chunks = list(zip(inputs.split(batch_size), targets.split(batch_size), strict=False))
     return [(x.to(device), y.to(device)) for x, y in chunks[rank::world_size]]
 
 
@@ -120,7 +127,13 @@ def build_example_data(
     seed: int,
     device: torch.device,
 ) -> ExampleData:
-    meta = {**meta, "tokenizer": tokenizer.name, "vocab_size": int(tokenizer.vocab_size), "num_examples": {"train": len(train[0]), "val": len(val[0])}, "sequence_length": train[0].shape[1]}
+    meta = {
+        **meta,
+        "tokenizer": tokenizer.name,
+        "vocab_size": int(tokenizer.vocab_size),
+        "num_examples": {"train": len(train[0]), "val": len(val[0])},
+        "sequence_length": train[0].shape[1],
+    }
     return ExampleData(
         ExampleBatches(*train, global_batch_size, device_batch_size, rank, world_size, seed, device),
         eval_batches(*val, device_batch_size, rank, world_size, device),

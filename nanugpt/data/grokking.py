@@ -34,7 +34,10 @@ class ModularArithmetic:
 
     def __init__(self, p: int = 97, op: str = "/", train_fraction: float = 0.5, seed: int = 0) -> None:
         if op not in OPERATORS:
-            raise ValueError(f"data.op={op!r} is not one of {', '.join(repr(o) for o in OPERATORS)}; e.g. data.op=/ (quote it in a shell: 'data.op=/').")
+            raise ValueError(
+                f"data.op={op!r} is not one of {', '.join(repr(o) for o in OPERATORS)}; e.g. data.op=/ (quote it in a "
+                "shell: 'data.op=/')."
+            )
         if p < 2 or (op == "/" and not is_prime(p)):
             raise ValueError(f"data.p={p} must be a prime for division (b must have an inverse mod p), e.g. 97 or 223.")
         self.p, self.op, self.train_fraction, self.seed = p, op, train_fraction, seed
@@ -51,10 +54,37 @@ class ModularArithmetic:
         return {"train": (inputs[train], targets[train]), "val": (inputs[val], targets[val])}
 
     def batches(
-        self, tokenizer: Tokenizer, global_batch_size: int, device_batch_size: int, rank: int, world_size: int, seed: int, device: torch.device
+        self,
+        tokenizer: Tokenizer,
+        global_batch_size: int,
+        device_batch_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        device: torch.device,
     ) -> ExampleData:
         if getattr(tokenizer, "p", self.p) != self.p:
-            raise ValueError(f"tokenizer.p={tokenizer.p} differs from data.p={self.p}; drop the override (the grokking tokenizer takes ${{data.p}}).")
+            raise ValueError(
+                f"tokenizer.p={tokenizer.p} differs from data.p={self.p}; drop the override (the grokking tokenizer "
+                f"takes ${{data.p}})."
+            )
         splits = self.examples(tokenizer)
-        meta: dict[str, Any] = {"source": self.name, "p": self.p, "op": self.op, "train_fraction": self.train_fraction, "split_seed": self.seed}
-        return build_example_data(splits["train"], splits["val"], tokenizer, meta, global_batch_size, device_batch_size, rank, world_size, seed, device)
+        meta: dict[str, Any] = {
+            "source": self.name,
+            "p": self.p,
+            "op": self.op,
+            "train_fraction": self.train_fraction,
+            "split_seed": self.seed,
+        }
+        return build_example_data(
+            splits["train"],
+            splits["val"],
+            tokenizer,
+            meta,
+            global_batch_size,
+            device_batch_size,
+            rank,
+            world_size,
+            seed,
+            device,
+        )

@@ -13,8 +13,9 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Iterator
 from functools import cached_property
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -29,7 +30,9 @@ def encode_texts(tokenizer: Tokenizer, texts: list[str]) -> list[np.ndarray]:
     return batch(texts) if batch is not None else [tokenizer.encode(t) for t in texts]
 
 
-def encode_docs(batch: dict[str, list], tokenizer: Tokenizer, text_field: str, eot: int | None, separator: str) -> dict[str, list]:
+def encode_docs(
+    batch: dict[str, list], tokenizer: Tokenizer, text_field: str, eot: int | None, separator: str
+) -> dict[str, list]:
     texts = batch[text_field] if eot is not None or not separator else [t + separator for t in batch[text_field]]
     ids = encode_texts(tokenizer, texts)
     if eot is not None:
@@ -68,10 +71,14 @@ class HubDataset:
         cache_dir: str | None = None,
     ) -> None:
         if val_split is None and not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1 when data.val_split is null.")
+            raise ValueError(
+                f"data.val_fraction={val_fraction} must lie strictly between 0 and 1 when data.val_split is null."
+            )
         self.name, self.path, self.hub_config, self.revision = name, path, hub_config, revision
         # hydra passes nested config as DictConfig; datasets and the fingerprint want plain values
-        self.data_files = OmegaConf.to_container(data_files, resolve=True) if OmegaConf.is_config(data_files) else data_files
+        self.data_files = (
+            OmegaConf.to_container(data_files, resolve=True) if OmegaConf.is_config(data_files) else data_files
+        )
         self.train_split, self.val_split, self.val_fraction = train_split, val_split, val_fraction
         self.text_field, self.eot_between_docs, self.text_separator = text_field, eot_between_docs, text_separator
         self.max_docs, self.shard_docs = max_docs, shard_docs
@@ -82,7 +89,20 @@ class HubDataset:
         """The config plus each local file's size and mtime: no network, no full read. A hub data
         set is identified by its id and revision (pin data.revision for a reproducible corpus)."""
         files = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in local_files(self.data_files)]
-        blob = json.dumps([self.path, self.hub_config, self.revision, self.data_files, files, self.val_split, self.val_fraction, self.max_docs, self.text_field], default=str)
+        blob = json.dumps(
+            [
+                self.path,
+                self.hub_config,
+                self.revision,
+                self.data_files,
+                files,
+                self.val_split,
+                self.val_fraction,
+                self.max_docs,
+                self.text_field,
+            ],
+            default=str,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _load(self) -> Any:
@@ -90,7 +110,12 @@ class HubDataset:
 
         try:
             return datasets.load_dataset(
-                self.path, self.hub_config, data_files=self.data_files, revision=self.revision, cache_dir=self.cache_dir, num_proc=self.num_proc
+                self.path,
+                self.hub_config,
+                data_files=self.data_files,
+                revision=self.revision,
+                cache_dir=self.cache_dir,
+                num_proc=self.num_proc,
             )
         except Exception as err:  # the hub client raises many kinds; all mean "could not load"
             where = f"{self.path!r}" + (f" (config {self.hub_config!r})" if self.hub_config else "")
@@ -107,7 +132,9 @@ class HubDataset:
     def splits(self) -> dict[str, Any]:
         loaded = self._load()
         if self.train_split not in loaded:
-            raise ValueError(f"data.train_split={self.train_split} is not a split of {self.path}; it has {', '.join(loaded)}.")
+            raise ValueError(
+                f"data.train_split={self.train_split} is not a split of {self.path}; it has {', '.join(loaded)}."
+            )
         if self.val_split is not None:
             if self.val_split not in loaded:
                 raise ValueError(
@@ -116,10 +143,15 @@ class HubDataset:
                 )
             train, val = loaded[self.train_split], loaded[self.val_split]
         else:
-            held_out = loaded[self.train_split].train_test_split(test_size=self.val_fraction, seed=SPLIT_SEED, shuffle=True)
+            held_out = loaded[self.train_split].train_test_split(
+                test_size=self.val_fraction, seed=SPLIT_SEED, shuffle=True
+            )
             train, val = held_out["train"], held_out["test"]
         if self.text_field not in train.column_names:
-            raise ValueError(f"data.text_field={self.text_field} is not a column of {self.path}; it has {', '.join(train.column_names)}.")
+            raise ValueError(
+                f"data.text_field={self.text_field} is not a column of {self.path}; it has "
+                f"{', '.join(train.column_names)}."
+            )
         if self.max_docs is not None:
             train, val = (d.select(range(min(len(d), self.max_docs))) for d in (train, val))
         return {"train": train, "val": val}

@@ -28,7 +28,9 @@ def to_device(rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, t
     return xy[:, :-1], xy[:, 1:]
 
 
-def windows_to_batch(tokens: np.ndarray, offsets: torch.Tensor, context_length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def windows_to_batch(
+    tokens: np.ndarray, offsets: torch.Tensor, context_length: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     return to_device(gather_windows(tokens, offsets, context_length, device.type == "cuda"), device)
 
 
@@ -71,7 +73,9 @@ class RandomWindowBatches:
         self._resume_state = self.generator.get_state()
 
     def _gather_next(self) -> list[torch.Tensor]:
-        offsets = torch.randint(len(self.tokens) - self.context_length - 1, (self.global_batch_size,), generator=self.generator)
+        offsets = torch.randint(
+            len(self.tokens) - self.context_length - 1, (self.global_batch_size,), generator=self.generator
+        )
         mine = offsets.view(self.grad_accum_steps, self.world_size, self.device_batch_size)[:, self.rank]
         return [gather_windows(self.tokens, o, self.context_length, self.device.type == "cuda") for o in mine]
 
@@ -100,7 +104,14 @@ class RandomWindowBatches:
 
 
 def fixed_eval_batches(
-    tokens: np.ndarray, context_length: int, batch_size: int, num_batches: int, rank: int, world_size: int, device: torch.device, seed: int = 1234
+    tokens: np.ndarray,
+    context_length: int,
+    batch_size: int,
+    num_batches: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    seed: int = 1234,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The same `num_batches` val batches at every eval, whatever the world size; rank r takes
     every world_size-th one, and the caller sums loss over ranks."""

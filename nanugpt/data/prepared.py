@@ -20,10 +20,11 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -58,8 +59,12 @@ def cache_key(data_cfg: dict, tokenizer_cfg: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def prepared_dir(data_dir: str | Path, source: TokenSource, tokenizer: Tokenizer, data_cfg: dict, tokenizer_cfg: dict) -> Path:
-    return Path(data_dir).expanduser().resolve() / f"{source.name}-{tokenizer.name}-{cache_key(data_cfg, tokenizer_cfg)}"
+def prepared_dir(
+    data_dir: str | Path, source: TokenSource, tokenizer: Tokenizer, data_cfg: dict, tokenizer_cfg: dict
+) -> Path:
+    return (
+        Path(data_dir).expanduser().resolve() / f"{source.name}-{tokenizer.name}-{cache_key(data_cfg, tokenizer_cfg)}"
+    )
 
 
 @contextmanager

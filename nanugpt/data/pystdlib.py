@@ -16,9 +16,7 @@ SKIPPED_DIRS = frozenset({"test", "site-packages", "__pycache__"})
 
 def stdlib_files(root: Path | None = None) -> list[Path]:
     root = Path(root or sysconfig.get_paths()["stdlib"])
-    return sorted(
-        p for p in root.rglob("*.py") if not SKIPPED_DIRS.intersection(p.relative_to(root).parts)
-    )
+    return sorted(p for p in root.rglob("*.py") if not SKIPPED_DIRS.intersection(p.relative_to(root).parts))
 
 
 class PyStdlibCorpus(TextSource):

@@ -8,8 +8,9 @@ interrupted prepare continues from the last finished shard.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from functools import cached_property
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 

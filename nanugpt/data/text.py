@@ -14,9 +14,7 @@ class TextFiles(TextSource):
     def __init__(self, path: str | None, val_fraction: float = 0.1, glob: str = "**/*") -> None:
         super().__init__(val_fraction)
         if not path:
-            raise ConfigError(
-                "data=text needs a path: pass data.path=/path/to/file.txt or data.path=/path/to/dir."
-            )
+            raise ConfigError("data=text needs a path: pass data.path=/path/to/file.txt or data.path=/path/to/dir.")
         self.path = Path(path).expanduser()
         self.glob = glob
 

@@ -15,7 +15,9 @@ class AnswerLoss:
         self.ignore_index = ignore_index
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=self.ignore_index)
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=self.ignore_index
+        )
         scored = targets != self.ignore_index
         token_right = (logits.argmax(dim=-1) == targets) | ~scored
         correct = token_right.all(dim=1).sum()

@@ -17,7 +17,16 @@ import torch.nn.functional as F
 class KVCache:
     """Keys and values of every layer for incremental decoding: (n_layer, B, n_kv_head, max_len, head_dim)."""
 
-    def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        n_layer: int,
+        batch_size: int,
+        n_head: int,
+        max_len: int,
+        head_dim: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
         shape = (n_layer, batch_size, n_head, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -32,7 +41,13 @@ class KVCache:
 
 
 def causal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: KVCache | Any = None, layer: int = 0, start_pos: int = 0, dropout_p: float = 0.0
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_cache: KVCache | Any = None,
+    layer: int = 0,
+    start_pos: int = 0,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """q: (B, n_head, T, hd); k, v: (B, n_kv_head, T, hd), already rotated to positions
     start_pos.. With a cache, k and v are stored and attention covers every cached position."""

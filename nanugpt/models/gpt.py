@@ -27,9 +27,8 @@ import math
 import torch
 import torch.nn as nn
 
-from nanugpt.models.attention import KVCache, causal_attention
-
 from nanugpt.errors import ConfigError
+from nanugpt.models.attention import KVCache, causal_attention
 
 
 class CausalSelfAttention(nn.Module):
@@ -37,7 +36,10 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx  # which slot of a KVCache is ours
         if n_embd % n_head != 0:
-            raise ConfigError(f"model.n_embd={n_embd} is not divisible by model.n_head={n_head}; pick a head count that divides it (e.g. model.n_head={next(h for h in range(n_head, 0, -1) if n_embd % h == 0)}).")
+            raise ConfigError(
+                f"model.n_embd={n_embd} is not divisible by model.n_head={n_head}; pick a head count that divides it "
+                f"(e.g. model.n_head={next(h for h in range(n_head, 0, -1) if n_embd % h == 0)})."
+            )
         self.n_head = n_head
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
@@ -49,7 +51,9 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = causal_attention(q, k, v, kv_cache, self.layer_idx, start_pos, dropout_p=self.dropout if self.training else 0.0)
+        y = causal_attention(
+            q, k, v, kv_cache, self.layer_idx, start_pos, dropout_p=self.dropout if self.training else 0.0
+        )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -93,7 +97,9 @@ class GPT(nn.Module):
     ) -> None:
         super().__init__()
         if vocab_multiple < 1:
-            raise ValueError(f"model.vocab_multiple={vocab_multiple} must be >= 1 (1 = no padding; 64 or 128 for GPUs).")
+            raise ValueError(
+                f"model.vocab_multiple={vocab_multiple} must be >= 1 (1 = no padding; 64 or 128 for GPUs)."
+            )
         self.vocab_size = vocab_size
         padded_vocab = -(-vocab_size // vocab_multiple) * vocab_multiple
         self.context_length = context_length
@@ -138,7 +144,9 @@ class GPT(nn.Module):
     def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
         weight = self.lm_head.weight
         head_dim = self.n_embd // self.n_head
-        return KVCache(self.n_layer, batch_size, self.n_head, self.context_length, head_dim, weight.device, dtype or weight.dtype)
+        return KVCache(
+            self.n_layer, batch_size, self.n_head, self.context_length, head_dim, weight.device, dtype or weight.dtype
+        )
 
     def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
         """Token ids (B, T) at positions start_pos.. -> final hidden states (B, T, n_embd);

@@ -13,7 +13,6 @@ changes that made it train fastest per token.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -105,7 +104,15 @@ class GPTModern(nn.Module):
 
     def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
         weight = self.lm_head.weight
-        return KVCache(self.n_layer, batch_size, self.n_head, self.context_length, self.n_embd // self.n_head, weight.device, dtype or weight.dtype)
+        return KVCache(
+            self.n_layer,
+            batch_size,
+            self.n_head,
+            self.context_length,
+            self.n_embd // self.n_head,
+            weight.device,
+            dtype or weight.dtype,
+        )
 
     def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
         """Token ids (B, T) at positions start_pos.. -> final hidden states (B, T, n_embd); the

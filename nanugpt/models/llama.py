@@ -64,7 +64,9 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, n_kv_head: int, hidden: int, norm_eps: float, rotary: Rotary, layer_idx: int = 0) -> None:
+    def __init__(
+        self, n_embd: int, n_head: int, n_kv_head: int, hidden: int, norm_eps: float, rotary: Rotary, layer_idx: int = 0
+    ) -> None:
         super().__init__()
         self.attn_norm = nn.RMSNorm(n_embd, eps=norm_eps)
         self.attn = Attention(n_embd, n_head, n_kv_head, rotary, layer_idx)
@@ -132,7 +134,15 @@ class Llama(nn.Module):
 
     def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
         weight = self.lm_head.weight  # only n_kv_head heads are cached: GQA's memory saving
-        return KVCache(self.n_layer, batch_size, self.n_kv_head, self.context_length, self.n_embd // self.n_head, weight.device, dtype or weight.dtype)
+        return KVCache(
+            self.n_layer,
+            batch_size,
+            self.n_kv_head,
+            self.context_length,
+            self.n_embd // self.n_head,
+            weight.device,
+            dtype or weight.dtype,
+        )
 
     def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
         """Token ids (B, T) at positions start_pos.. -> final hidden states (B, T, n_embd); the

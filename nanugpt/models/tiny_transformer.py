@@ -15,13 +15,23 @@ from nanugpt.models.gpt import Block
 
 
 class TinyTransformer(nn.Module):
-    def __init__(self, vocab_size: int, context_length: int = 4, n_layer: int = 2, n_head: int = 4, n_embd: int = 128, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        context_length: int = 4,
+        n_layer: int = 2,
+        n_head: int = 4,
+        n_embd: int = 128,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.vocab_size, self.context_length = vocab_size, context_length
         self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd
         self.tok_emb = nn.Embedding(vocab_size, n_embd)
         self.pos_emb = nn.Embedding(context_length, n_embd)
-        self.blocks = nn.ModuleList([Block(n_embd, n_head, bias=True, dropout=dropout, layer_idx=i) for i in range(n_layer)])
+        self.blocks = nn.ModuleList(
+            [Block(n_embd, n_head, bias=True, dropout=dropout, layer_idx=i) for i in range(n_layer)]
+        )
         self.ln_f = nn.LayerNorm(n_embd)
         self.head = nn.Linear(n_embd, vocab_size, bias=False)
 
@@ -35,7 +45,15 @@ class TinyTransformer(nn.Module):
 
     def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
         w = self.head.weight
-        return KVCache(self.n_layer, batch_size, self.n_head, self.context_length, self.n_embd // self.n_head, w.device, dtype or w.dtype)
+        return KVCache(
+            self.n_layer,
+            batch_size,
+            self.n_head,
+            self.context_length,
+            self.n_embd // self.n_head,
+            w.device,
+            dtype or w.dtype,
+        )
 
     def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
         """Token ids (B, T) at positions start_pos.. -> final hidden states (B, T, n_embd)."""

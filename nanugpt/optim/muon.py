@@ -37,7 +37,11 @@ def muon_param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
             add("embed", module.weight)
     for module in model.modules():
         weight = getattr(module, "weight", None)
-        if isinstance(weight, nn.Parameter) and weight.dim() == 2 and model.vocab_size in (getattr(module, "out_features", None), getattr(module, "nf", None)):
+        if (
+            isinstance(weight, nn.Parameter)
+            and weight.dim() == 2
+            and model.vocab_size in (getattr(module, "out_features", None), getattr(module, "nf", None))
+        ):
             add("head", weight)  # nf: transformers' Conv1D
     for p in model.parameters():
         add("hidden" if p.dim() >= 2 else "scalar", p)
@@ -52,7 +56,9 @@ def run_closure(closure: Any) -> Any:
         return closure()
 
 
-def newton_schulz(update: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float, dtype: torch.dtype) -> torch.Tensor:
+def newton_schulz(
+    update: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float, dtype: torch.dtype
+) -> torch.Tensor:
     """torch.optim.Muon's quintic Newton-Schulz orthogonalisation, in `dtype` instead of bf16."""
     a, b, c = coefficients
     x = update.to(dtype)
@@ -83,7 +89,7 @@ class Muon(torch.optim.Muon):
             bufs: list[torch.Tensor] = []
             self._init_group(group, params, grads, bufs)
             lr, momentum = float(group["lr"]), group["momentum"]
-            for param, grad, buf in zip(params, grads, bufs):  # as torch's _single_tensor_muon
+            for param, grad, buf in zip(params, grads, bufs, strict=False):  # as torch's _single_tensor_muon
                 buf.lerp_(grad, 1 - momentum)
                 update = grad.lerp(buf, momentum) if group["nesterov"] else buf
                 update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype)
@@ -96,7 +102,10 @@ def resolve_ns_dtype(ns_dtype: str, device: torch.device) -> torch.dtype:
     if ns_dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if ns_dtype not in ("bfloat16", "float32"):
-        raise ValueError(f"optim.ns_dtype={ns_dtype} is not one of auto, bfloat16, float32; auto picks bf16 on GPUs and float32 on CPUs.")
+        raise ValueError(
+            f"optim.ns_dtype={ns_dtype} is not one of auto, bfloat16, float32; auto picks bf16 on GPUs and float32 on "
+            "CPUs."
+        )
     return getattr(torch, ns_dtype)
 
 
@@ -154,11 +163,22 @@ def muon(
     if not groups["hidden"]:
         raise ValueError(f"optim=muon found no hidden ≥2-D weights in {type(model).__name__}; use optim=adamw for it.")
     muon_opt = Muon(
-        groups["hidden"], ns_dtype=resolve_ns_dtype(ns_dtype, groups["hidden"][0].device), lr=lr, momentum=momentum,
-        nesterov=nesterov, weight_decay=weight_decay, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn,
-    )  # fmt: skip
+        groups["hidden"],
+        ns_dtype=resolve_ns_dtype(ns_dtype, groups["hidden"][0].device),
+        lr=lr,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        ns_steps=ns_steps,
+        adjust_lr_fn=adjust_lr_fn,
+    )
     adamw_groups = [
-        {"params": groups[kind], "lr": kind_lr, "name": kind, "weight_decay": 0.0 if kind == "scalar" else adamw_weight_decay}
+        {
+            "params": groups[kind],
+            "lr": kind_lr,
+            "name": kind,
+            "weight_decay": 0.0 if kind == "scalar" else adamw_weight_decay,
+        }
         for kind, kind_lr in (("embed", embed_lr), ("head", head_lr), ("scalar", scalar_lr))
         if groups[kind]
     ]

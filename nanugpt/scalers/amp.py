@@ -9,22 +9,36 @@ With bfloat16 or float32 it is a pass-through (`enabled` follows `training.dtype
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
 
 class AmpScaler(torch.amp.GradScaler):
-    def __init__(self, device_type: str, float16: bool, enabled: bool | None = None, init_scale: float = 2.0**16, growth_interval: int = 2000) -> None:
+    def __init__(
+        self,
+        device_type: str,
+        float16: bool,
+        enabled: bool | None = None,
+        init_scale: float = 2.0**16,
+        growth_interval: int = 2000,
+    ) -> None:
         if enabled is False and float16:
             raise ValueError(
                 "training.dtype=float16 needs loss scaling, or small gradients underflow to zero; "
                 "use scaler=amp (or scaler=per_tensor_norm), or training.dtype=bfloat16."
             )
         # enabled=None: scale exactly when training in float16
-        super().__init__(device_type, init_scale=init_scale, growth_interval=growth_interval, enabled=float16 if enabled is None else enabled)
+        super().__init__(
+            device_type,
+            init_scale=init_scale,
+            growth_interval=growth_interval,
+            enabled=float16 if enabled is None else enabled,
+        )
 
-    def unscale_and_clip_(self, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+    def unscale_and_clip_(
+        self, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor], max_norm: float
+    ) -> torch.Tensor:
         """Unscale the gradients in place, clip their global norm to `max_norm` (0: no clip);
         returns the norm before clipping."""
         self.unscale_(optimizer)

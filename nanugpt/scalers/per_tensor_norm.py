@@ -7,7 +7,7 @@ layers with tiny gradients moving. Loss scaling for float16 works as in `scaler=
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -15,15 +15,22 @@ from nanugpt.scalers.amp import AmpScaler
 
 
 class PerTensorNormScaler(AmpScaler):
-    def __init__(self, device_type: str, float16: bool, enabled: bool | None = None, eps: float = 1e-12, **kwargs) -> None:
+    def __init__(
+        self, device_type: str, float16: bool, enabled: bool | None = None, eps: float = 1e-12, **kwargs
+    ) -> None:
         super().__init__(device_type, float16, enabled, **kwargs)
         self.eps = eps
 
     @torch.no_grad()
-    def unscale_and_clip_(self, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+    def unscale_and_clip_(
+        self, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor], max_norm: float
+    ) -> torch.Tensor:
         """Unscale, then set each gradient's norm to `max_norm`; returns the global norm before."""
         if max_norm <= 0:
-            raise ValueError(f"scaler=per_tensor_norm rescales every gradient to norm training.grad_clip, which is {max_norm}; set training.grad_clip > 0 (e.g. 1.0).")
+            raise ValueError(
+                f"scaler=per_tensor_norm rescales every gradient to norm training.grad_clip, which is {max_norm}; set "
+                "training.grad_clip > 0 (e.g. 1.0)."
+            )
         self.unscale_(optimizer)
         grads = [p.grad for p in params if p.grad is not None]
         norms = torch._foreach_norm(grads)

@@ -15,5 +15,7 @@ def cosine_lr_factor(step: int, warmup_steps: int, max_steps: int, min_lr_ratio:
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def cosine(optimizer: torch.optim.Optimizer, max_steps: int, warmup_steps: int = 100, min_lr_ratio: float = 0.1) -> LambdaLR:
+def cosine(
+    optimizer: torch.optim.Optimizer, max_steps: int, warmup_steps: int = 100, min_lr_ratio: float = 0.1
+) -> LambdaLR:
     return LambdaLR(optimizer, lambda step: cosine_lr_factor(step, warmup_steps, max_steps, min_lr_ratio))

@@ -13,5 +13,7 @@ def linear_lr_factor(step: int, warmup_steps: int, max_steps: int, min_lr_ratio:
     return 1.0 - (1.0 - min_lr_ratio) * progress
 
 
-def linear(optimizer: torch.optim.Optimizer, max_steps: int, warmup_steps: int = 100, min_lr_ratio: float = 0.0) -> LambdaLR:
+def linear(
+    optimizer: torch.optim.Optimizer, max_steps: int, warmup_steps: int = 100, min_lr_ratio: float = 0.0
+) -> LambdaLR:
     return LambdaLR(optimizer, lambda step: linear_lr_factor(step, warmup_steps, max_steps, min_lr_ratio))

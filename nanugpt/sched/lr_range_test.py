@@ -25,7 +25,9 @@ def range_test_lr(step: int, max_steps: int, min_lr: float, max_lr: float) -> fl
     return min_lr * (max_lr / min_lr) ** (min(step, max_steps - 1) / max(1, max_steps - 1))
 
 
-def lr_range_test(optimizer: torch.optim.Optimizer, max_steps: int, min_lr: float = 1e-5, max_lr: float = 1.0) -> LambdaLR:
+def lr_range_test(
+    optimizer: torch.optim.Optimizer, max_steps: int, min_lr: float = 1e-5, max_lr: float = 1.0
+) -> LambdaLR:
     if not 0 < min_lr < max_lr:
         raise ValueError(f"sched.min_lr={min_lr} and sched.max_lr={max_lr} must satisfy 0 < min_lr < max_lr.")
     base_lr = optimizer.param_groups[0]["lr"]
@@ -45,15 +47,25 @@ def suggest_lr(lrs: list[float], losses: list[float], beta: float = 0.9) -> dict
     """`min_loss_lr`: lr at the lowest smoothed loss; `suggested_lr`: a tenth of it (the usual
     rule: the peak lr for training sits safely below where the loss bottoms out); `steepest_lr`:
     where the smoothed loss falls fastest against log lr, before the minimum."""
-    finite = [(lr, loss) for lr, loss in zip(lrs, losses) if math.isfinite(loss)]
+    finite = [(lr, loss) for lr, loss in zip(lrs, losses, strict=False) if math.isfinite(loss)]
     if len(finite) < 10:
-        raise ValueError(f"An lr range test needs at least 10 finite steps to suggest an lr; got {len(finite)}. Raise training.max_steps.")
+        raise ValueError(
+            f"An lr range test needs at least 10 finite steps to suggest an lr; got {len(finite)}. Raise "
+            "training.max_steps."
+        )
     lrs, losses = [lr for lr, _ in finite], smooth([loss for _, loss in finite], beta)
     i_min = min(range(len(losses)), key=losses.__getitem__)
     skip = max(1, len(losses) // 10)  # the EMA's first steps are noise
-    slopes = [(losses[i + 1] - losses[i - 1]) / math.log(lrs[i + 1] / lrs[i - 1]) for i in range(skip, max(skip + 1, i_min))]
+    slopes = [
+        (losses[i + 1] - losses[i - 1]) / math.log(lrs[i + 1] / lrs[i - 1]) for i in range(skip, max(skip + 1, i_min))
+    ]
     i_steep = skip + min(range(len(slopes)), key=slopes.__getitem__) if i_min > skip + 1 else i_min
-    return {"min_loss_lr": lrs[i_min], "suggested_lr": lrs[i_min] / 10, "steepest_lr": lrs[i_steep], "min_loss": losses[i_min]}
+    return {
+        "min_loss_lr": lrs[i_min],
+        "suggested_lr": lrs[i_min] / 10,
+        "steepest_lr": lrs[i_steep],
+        "min_loss": losses[i_min],
+    }
 
 
 def plot_lr_range_test(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, dict[str, float]]:
@@ -76,8 +88,8 @@ def plot_lr_range_test(run_dir: str | Path, out: str | Path | None = None) -> tu
     ax.axvline(s["steepest_lr"], color="C1", ls=":", label=f"steepest descent {s['steepest_lr']:.2g}")
     ax.axvline(s["min_loss_lr"], color="C3", ls=":", label=f"min loss {s['min_loss_lr']:.2g}")
     ax.set_xscale("log")
-    first = next(l for l in losses if math.isfinite(l))  # clip the blow-up so the dip stays readable
-    ax.set_ylim(min(l for l in losses if math.isfinite(l)) * 0.95, first * 1.15)
+    first = next(x for x in losses if math.isfinite(x))  # clip the blow-up so the dip stays readable
+    ax.set_ylim(min(x for x in losses if math.isfinite(x)) * 0.95, first * 1.15)
     ax.set_xlabel("learning rate (param group 0)")
     ax.set_ylabel("train loss")
     ax.set_title(f"LR range test: {'/'.join(run_dir.resolve().parts[-2:])}", fontsize=9)
@@ -90,12 +102,17 @@ def plot_lr_range_test(run_dir: str | Path, out: str | Path | None = None) -> tu
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Plot an lr range test run (sched=lr_range_test) and suggest a peak lr.")
+    parser = argparse.ArgumentParser(
+        description="Plot an lr range test run (sched=lr_range_test) and suggest a peak lr."
+    )
     parser.add_argument("run_dir", help="the run directory, holding metrics.jsonl")
     parser.add_argument("--out", default=None, help="PNG path (default: <run_dir>/lr_range_test.png)")
     args = parser.parse_args(argv)
     path, s = plot_lr_range_test(args.run_dir, args.out)
-    print(f"Suggested lr: {s['suggested_lr']:.3g}  (loss lowest at {s['min_loss_lr']:.3g}, falls fastest at {s['steepest_lr']:.3g})")
+    print(
+        f"Suggested lr: {s['suggested_lr']:.3g}  (loss lowest at {s['min_loss_lr']:.3g}, falls fastest at "
+        f"{s['steepest_lr']:.3g})"
+    )
     print(f"Plot: {path}")
 
 

@@ -13,7 +13,9 @@ from torch.optim.lr_scheduler import LambdaLR
 SHAPES = ("linear", "cosine", "1-sqrt")
 
 
-def wsd_lr_factor(step: int, warmup_steps: int, max_steps: int, decay_fraction: float, min_lr_ratio: float, decay_shape: str) -> float:
+def wsd_lr_factor(
+    step: int, warmup_steps: int, max_steps: int, decay_fraction: float, min_lr_ratio: float, decay_shape: str
+) -> float:
     decay_steps = round(decay_fraction * max_steps)
     decay_start = max_steps - decay_steps
     if step < warmup_steps:
@@ -46,4 +48,6 @@ def wsd(
             f"max_steps={max_steps}: warmup must end before the decay starts at step "
             f"{max_steps - round(decay_fraction * max_steps)}. Lower one of them."
         )
-    return LambdaLR(optimizer, lambda step: wsd_lr_factor(step, warmup_steps, max_steps, decay_fraction, min_lr_ratio, decay_shape))
+    return LambdaLR(
+        optimizer, lambda step: wsd_lr_factor(step, warmup_steps, max_steps, decay_fraction, min_lr_ratio, decay_shape)
+    )

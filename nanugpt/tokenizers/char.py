@@ -4,7 +4,8 @@ prepared data's meta.json, and from there in every checkpoint."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 

@@ -7,8 +7,9 @@ every checkpoint.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer as HFTokenizerImpl
@@ -32,7 +33,12 @@ class HFTokenizer:
     name = "hf"
 
     def __init__(
-        self, path: str | None = None, train: bool = False, vocab_size: int = 4096, min_frequency: int = 2, eot_token: str = EOT
+        self,
+        path: str | None = None,
+        train: bool = False,
+        vocab_size: int = 4096,
+        min_frequency: int = 2,
+        eot_token: str = EOT,
     ) -> None:
         if bool(path) == bool(train):
             raise ValueError(

@@ -89,7 +89,11 @@ def split_for_batch(text: str, chunk_chars: int = 1 << 16) -> list[str]:
     chunks, start = [], 0
     while start < len(text):
         end = start + chunk_chars
-        while 0 <= (end := text.find("\n", end)) and end + 1 < len(text) and (text[end + 1].isspace() or text[end - 1].isspace()):
+        while (
+            0 <= (end := text.find("\n", end))
+            and end + 1 < len(text)
+            and (text[end + 1].isspace() or text[end - 1].isspace())
+        ):
             end += 1
         end = len(text) if end < 0 else end + 1
         chunks.append(text[start:end])
