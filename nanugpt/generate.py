@@ -16,7 +16,7 @@ import hydra
 import torch
 import torch.nn as nn
 import yaml
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
@@ -28,16 +28,6 @@ from nanugpt.tokenizers.base import Tokenizer, restore_tokenizer_state
 from nanugpt.utils import CONF_DIR
 
 
-def _targets(node: Any) -> list[str]:
-    """Every `_target_` in a config tree (hydra instantiates nested ones too)."""
-    if isinstance(node, dict):
-        own = [str(node["_target_"])] if "_target_" in node else []
-        return own + [t for v in node.values() for t in _targets(v)]
-    if isinstance(node, list):
-        return [t for v in node for t in _targets(v)]
-    return []
-
-
 @functools.cache
 def allowed_targets() -> frozenset[str]:
     """The `_target_`s of nanugpt's own model and tokenizer configs (nanugpt/conf/model, nanugpt/conf/tokenizer):
@@ -45,20 +35,53 @@ def allowed_targets() -> frozenset[str]:
     hydra resolves `nanugpt.utils.os.system` to os.system."""
     conf = Path(CONF_DIR)
     return frozenset(
-        t
+        yaml.safe_load(path.read_text())["_target_"]
         for group in ("model", "tokenizer")
         for path in sorted((conf / group).glob("*.yaml"))
-        for t in _targets(yaml.safe_load(path.read_text()))
     )
-
-
-def untrusted_targets(node: Any) -> list[str]:
-    """Every `_target_` in a config tree that is not on nanugpt's allowlist."""
-    return [t for t in _targets(node) if t not in allowed_targets()]
 
 
 class UntrustedCheckpointError(UserError, PermissionError):
     """The checkpoint's config names code outside nanugpt."""
+
+
+PLAIN_TYPES = (str, int, float, bool, type(None))
+
+
+def untrusted_parts(cfg: dict[str, Any]) -> list[str]:
+    """What in one saved model/tokenizer config is more than plain data: interpolations (a value
+    like `${oc.create:...}` becomes a config node, `_target_` and all, when resolved), nested
+    configs, instantiate options (`_args_`, `_recursive_`, ...) and non-plain values."""
+    found = []
+    for key, value in cfg.items():
+        values = value if isinstance(value, list) else [value]
+        if not isinstance(key, str) or (key.startswith("_") and key != "_target_"):
+            found.append(f"the key {key!r}")
+        elif not all(isinstance(v, PLAIN_TYPES) for v in values):
+            found.append(f"{key}: a nested {type(value).__name__}")
+        elif any(isinstance(v, str) and "${" in v for v in values):
+            found.append(f"{key}: the interpolation {value!r}")
+    return found
+
+
+def build_plain(cfg: dict[str, Any], source: Path | str, trust: bool) -> Any:
+    """Build one object from a checkpoint's saved config. Untrusted (the default): only a class on
+    nanugpt's allowlist, called with plain values, and no interpolation is ever resolved. With
+    `trust`: Hydra's instantiate, for the user's own custom models and tokenizers."""
+    if trust:
+        return instantiate(OmegaConf.create(cfg))
+    target = cfg.get("_target_")
+    problems = untrusted_parts(cfg)
+    if target not in allowed_targets():
+        problems.insert(0, f"the _target_ {target!r}, which is not one of nanugpt's own models or tokenizers")
+    if problems:
+        raise UntrustedCheckpointError(
+            f"The config in {source} is not plain nanugpt data ({'; '.join(problems)}); refusing to build anything "
+            "from it, since a checkpoint is untrusted input. If you trust where this checkpoint came from (your own "
+            "run with a custom model), pass trust_checkpoint=true."
+        )
+    kwargs = {k: v for k, v in cfg.items() if k != "_target_"}
+    return get_object(target)(**kwargs)
 
 
 def build_from_checkpoint(
@@ -71,20 +94,12 @@ def build_from_checkpoint(
         or "model" not in ckpt
     ):
         raise CheckpointError(
-            f"{source} is not a nanugpt training checkpoint (it has no saved model config and weights); pass a .pt "
-            "file that nanugpt.train wrote."
+            f"{source} is not a nanugpt training checkpoint (it has no saved model config and weights); "
+            "pass a .pt file that nanugpt.train wrote."
         )
-    parts = {"model": config["model"], "tokenizer": config["tokenizer"]}
-    bad = untrusted_targets(parts)
-    if bad and not trust:
-        raise UntrustedCheckpointError(
-            f"The config in {source} names code that is not one of nanugpt's own models or tokenizers "
-            f"({', '.join(bad)}); refusing to instantiate it, since a checkpoint is untrusted input. If you "
-            "trust where this checkpoint came from, pass trust_checkpoint=true."
-        )
-    model = instantiate(OmegaConf.create(parts["model"]))
-    load_model_state(model, ckpt["model"], Path(source), parts["model"], parts["model"])
-    tokenizer = instantiate(OmegaConf.create(parts["tokenizer"]))
+    model = build_plain(config["model"], source, trust)
+    load_model_state(model, ckpt["model"], Path(source), config["model"], config["model"])
+    tokenizer = build_plain(config["tokenizer"], source, trust)
     restore_tokenizer_state(tokenizer, ckpt.get("data_meta") or {})  # a char vocab or trained BPE
     return model.to(device).eval(), tokenizer
 
