@@ -277,6 +277,29 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise _unreadable(path, err) from err
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file as given, or the one to sample from in a run dir or its checkpoints dir:
+    `best.pt` when the run kept one, else the newest checkpoint (through `checkpoint_log.yaml`)."""
+    path = Path(path).expanduser()
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    if not path.is_dir():
+        return path
+    if (path / "best.pt").is_file():
+        return path / "best.pt"
+    steps = {str(e["path"]): int(e.get("step", -1)) for e in read_log(path) if isinstance(e, dict) and "path" in e}
+    # names only: the log is read, never trusted to point outside its directory
+    named = [name for name in steps if Path(name).name == name and (path / name).is_file()]
+    newest = max(named, key=steps.__getitem__, default=None)
+    found = path / newest if newest else next(iter(candidates(path)), None)
+    if found is None:
+        raise CheckpointError(
+            f"{path} holds no checkpoint (no best.pt, last.pt or step_*.pt); pass a run dir whose run saved one "
+            "(eval.checkpoint must not be none), or the path of a .pt file."
+        )
+    return found
+
+
 def find_resume_checkpoint(resume: str, run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     """resume=never: None. resume=<path>: that checkpoint, or a clear error. resume=auto: the
     newest checkpoint in <run dir>/checkpoints that loads, warning about any newer one that does

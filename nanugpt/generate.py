@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import hydra
@@ -20,7 +22,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from nanugpt.checkpoint import load_checkpoint, load_model_state
+from nanugpt.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint
 from nanugpt.dist import resolve_device
 from nanugpt.errors import CheckpointError, ConfigError, UserError, report_user_errors
 from nanugpt.sampling import generate
@@ -135,27 +137,74 @@ def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     return (text[: min(hits)], True) if hits else (text, False)
 
 
+def sampling_defaults() -> dict[str, Any]:
+    """The sampling options and their defaults, from nanugpt/conf/generate.yaml (their one place)."""
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "generate.yaml"))
+    return {k: v for k, v in cfg.items() if k not in NOT_SAMPLING}
+
+
+NOT_SAMPLING = {"defaults", "hydra", "ckpt", "prompt", "prompts", "device", "trust_checkpoint"}
+
+
+class Sampler:
+    """A model and tokenizer loaded once from a checkpoint, to sample from many times (notebooks,
+    scripts); `python -m nanugpt.generate` is a thin CLI over it.
+
+        from nanugpt.generate import Sampler
+        sampler = Sampler.load("outputs/2026-11-27/10-00-00")         # a run dir, checkpoints dir or .pt file
+        sampler("def ", max_new_tokens=100, temperature=0.8)            # -> one str
+        sampler(["def ", "class "], num_samples=2, stop=["\n\n"])       # -> 4 str: each prompt x num_samples
+
+    Options and their defaults are those of `python -m nanugpt.generate` (nanugpt/conf/generate.yaml).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Tokenizer, device: torch.device) -> None:
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.defaults = sampling_defaults()
+
+    @classmethod
+    def load(cls, ckpt: str | Path, device: str = "auto", trust_checkpoint: bool = False) -> Sampler:
+        path = resolve_checkpoint(ckpt)
+        torch_device = resolve_device(device, 0)
+        state = load_checkpoint(path, map_location=torch_device)
+        model, tokenizer = build_from_checkpoint(state, torch_device, trust_checkpoint, source=path)
+        sampler = cls(model, tokenizer, torch_device)
+        sampler.path, sampler.step = path, state.get("step")
+        return sampler
+
+    def __call__(self, prompt: str | Sequence[str], **options: Any) -> str | list[str]:
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            raise TypeError(
+                f"Unknown sampling option(s) {', '.join(unknown)}; valid: {', '.join(sorted(self.defaults))}."
+            )
+        opts = SimpleNamespace(**{**self.defaults, **options})
+        prompts = [prompt] if isinstance(prompt, str) else [str(p) for p in prompt]
+        texts = generate_texts(self.model, self.tokenizer, prompts, opts, self.device)
+        return texts[0] if isinstance(prompt, str) and opts.num_samples == 1 else texts
+
+
 def generate_texts(
-    model: nn.Module, tokenizer: Tokenizer, prompts: list[str], cfg: DictConfig, device: torch.device
+    model: nn.Module, tokenizer: Tokenizer, prompts: list[str], opts: Any, device: torch.device
 ) -> list[str]:
-    """Every prompt x num_samples. Prompts of equal token length share one batch (one prefill,
+    """Every prompt x opts.num_samples. Prompts of equal token length share one batch (one prefill,
     one cache); generation stops early once every row of a batch has hit a stop string."""
-    stop = [str(s) for s in (cfg.stop or [])]
+    stop = [str(s) for s in (opts.stop or [])]
     encoded = [encode_prompt(tokenizer, p, model.context_length) for p in prompts]
-    decode_step = torch.compile(model, dynamic=True) if cfg.compile else None
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    texts: list[str] = [""] * (len(prompts) * cfg.num_samples)
+    decode_step = torch.compile(model, dynamic=True) if opts.compile else None
+    generator = torch.Generator(device=device).manual_seed(opts.seed)
+    texts: list[str] = [""] * (len(prompts) * opts.num_samples)
     # tokens/s and ETA on stderr (stdout stays the samples alone); cleared when done
     bar = tqdm(
-        total=len(texts) * cfg.max_new_tokens,
+        total=len(texts) * opts.max_new_tokens,
         desc="generating",
         unit="tok",
         leave=False,
         file=sys.stderr,
-        disable=not cfg.get("progress", False),
+        disable=not opts.progress,
     )
     for length in sorted({len(ids) for ids in encoded}):
-        rows = [(i, ids) for i, ids in enumerate(encoded) for _ in range(cfg.num_samples) if len(ids) == length]
+        rows = [(i, ids) for i, ids in enumerate(encoded) for _ in range(opts.num_samples) if len(ids) == length]
         idx = torch.tensor([ids for _, ids in rows], dtype=torch.long, device=device)
 
         def after_token(idx: torch.Tensor, length: int = length) -> bool:
@@ -165,20 +214,20 @@ def generate_texts(
         out = generate(
             model,
             idx,
-            cfg.max_new_tokens,
-            cfg.temperature,
-            cfg.top_k,
-            cfg.top_p,
+            opts.max_new_tokens,
+            opts.temperature,
+            opts.top_k,
+            opts.top_p,
             generator,
-            use_cache=cfg.use_cache,
-            window_keep=cfg.window_keep,
+            use_cache=opts.use_cache,
+            window_keep=opts.window_keep,
             should_stop=after_token,
             decode_step=decode_step,
         )
         seen: dict[int, int] = {}
         for (i, _), row in zip(rows, out, strict=True):
             new_text = cut_at_stop(tokenizer.decode(row[length:].tolist()), stop)[0]
-            texts[i * cfg.num_samples + seen.get(i, 0)] = prompts[i] + new_text
+            texts[i * opts.num_samples + seen.get(i, 0)] = prompts[i] + new_text
             seen[i] = seen.get(i, 0) + 1
     bar.close()
     return texts
@@ -187,11 +236,10 @@ def generate_texts(
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
 @report_user_errors
 def main(cfg: DictConfig) -> list[str]:
-    device = resolve_device(cfg.device, 0)
-    ckpt = load_checkpoint(Path(cfg.ckpt), map_location=device)
-    model, tokenizer = build_from_checkpoint(ckpt, device, cfg.trust_checkpoint, source=cfg.ckpt)
+    sampler = Sampler.load(cfg.ckpt, cfg.device, cfg.trust_checkpoint)
     prompts = [str(p) for p in cfg.prompts] if cfg.prompts else [str(cfg.prompt)]
-    texts = generate_texts(model, tokenizer, prompts, cfg, device)
+    options = {k: v for k, v in OmegaConf.to_container(cfg).items() if k not in NOT_SAMPLING}
+    texts = sampler(prompts, **options)
     for i, text in enumerate(texts):
         if len(texts) > 1:
             print(f"---------- sample {i + 1}/{len(texts)}")

@@ -156,29 +156,15 @@ def test_top_p_keeps_only_the_nucleus() -> None:
 
 
 def test_generate_texts_batches_prompts_and_cuts_at_stop_strings() -> None:
-    from omegaconf import OmegaConf
-
-    from nanugpt.generate import generate_texts
+    from nanugpt.generate import Sampler
     from nanugpt.tokenizers.byte import ByteTokenizer
 
     torch.manual_seed(0)
     model = GPT(vocab_size=256, context_length=16, n_layer=1, n_head=2, n_embd=16).eval()
-    cfg = OmegaConf.create(
-        dict(
-            num_samples=2,
-            max_new_tokens=40,
-            temperature=1.0,
-            top_k=None,
-            top_p=None,
-            seed=3,
-            use_cache=True,
-            window_keep=None,
-            compile=False,
-            stop=None,
-        )
-    )
+    sample = Sampler(model, ByteTokenizer(), torch.device("cpu"))
+    opts = dict(num_samples=2, max_new_tokens=40, temperature=1.0, top_k=None, seed=3, progress=False)
     prompts = ["ab", "xyz", "cd"]  # two lengths: two batches, results back in prompt order
-    free = generate_texts(model, ByteTokenizer(), prompts, cfg, torch.device("cpu"))
+    free = sample(prompts, **opts)
     assert [t[: len(p)] for t, p in zip(free, [p for p in prompts for _ in range(2)], strict=False)] == [
         "ab",
         "ab",
@@ -193,8 +179,7 @@ def test_generate_texts_batches_prompts_and_cuts_at_stop_strings() -> None:
     # Stop at a character that occurs in the first free sample's continuation: the same seeded
     # sample is cut right after it.
     stop_char = free[0][2:][5]
-    cfg.stop = [stop_char]
-    stopped = generate_texts(model, ByteTokenizer(), prompts, cfg, torch.device("cpu"))
+    stopped = sample(prompts, **opts, stop=[stop_char])
     assert stopped[0] == free[0][: 2 + free[0][2:].index(stop_char) + 1]
     for text, prompt in zip(stopped, [p for p in prompts for _ in range(2)], strict=False):
         new = text[len(prompt) :]
