@@ -1,4 +1,4 @@
-"""Hub data sets (tinystories, wikitext103, openwebtext, fineweb_edu_10b) on small local data sets
+"""Hub data sets (tinystories, wikitext103, openwebtext, fineweb_edu_10b, fineweb_10b) on small local data sets
 in the same formats (parquet, json, arrow) through `datasets.load_dataset`; never the network."""
 
 import json
@@ -181,7 +181,7 @@ def test_training_on_a_hub_format_data_set(tmp_path, parquet_stories):
     assert train(cfg, tmp_path / "run") < 6.0
 
 
-@pytest.mark.parametrize("option", ["tinystories", "wikitext103", "openwebtext", "fineweb_edu_10b"])
+@pytest.mark.parametrize("option", ["tinystories", "wikitext103", "openwebtext", "fineweb_edu_10b", "fineweb_10b"])
 def test_every_hub_config_prepares_local_files_of_its_layout(option, tmp_path):
     cfg = compose_train([f"data={option}"])
     splits = ["train"] + ([cfg.data.val_split] if cfg.data.val_split else [])  # train-only sets hold out val

@@ -1,4 +1,4 @@
-"""Data sets through Hugging Face `datasets`: tinystories, wikitext103, openwebtext, fineweb_edu_10b,
+"""Data sets through Hugging Face `datasets`: tinystories, wikitext103, openwebtext, fineweb_edu_10b, fineweb_10b,
 or any hub id / local files (`data.path=parquet data.data_files=...`) with a text column.
 
 Prepare tokenizes one shard of `shard_docs` documents at a time with `Dataset.map(batched=True,
