@@ -41,11 +41,10 @@ class EvalConfig:
 @dataclass
 class WandbConfig:
     mode: str | None = None  # online | offline | disabled; null: WANDB_MODE, else online if logged in, else disabled
-    project: str = "nanugpt"
-    entity: str | None = None
-    name: str | None = None  # null: from the run dir (<date>/<time>, or <date>/<time>/<job> in a sweep)
-    group: str | None = None  # null: the sweep (<date>/<time>) for sweep jobs
-    tags: list[str] = field(default_factory=list)
+    project: str | None = None  # null: WANDB_PROJECT, else nanugpt
+    entity: str | None = None  # null: WANDB_ENTITY, else your W&B default
+    name: str | None = None  # null: WANDB_NAME, else the run dir (<date>/<time>, or <date>/<time>/<job> in a sweep)
+    group: str | None = None  # null: WANDB_RUN_GROUP, else the sweep (<date>/<time>) for sweep jobs
 
 
 @dataclass
@@ -75,6 +74,7 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     resume: str = "auto"  # auto: continue from <run dir>/checkpoints/last.pt if present | never | <path>
+    tags: list[str] | None = None  # W&B tags, run_info.json, the report's tags column; null: WANDB_TAGS (a,b)
 
 
 def register_configs() -> None:

@@ -98,6 +98,29 @@ def default_run_name(run_dir: Path) -> tuple[str, str | None]:
     return f"{run_dir.parent.name}/{run_dir.name}", None
 
 
+def run_tags(cfg: DictConfig) -> list[str]:
+    """The top-level `tags` list, or when null W&B's own WANDB_TAGS (comma-separated)."""
+    tags = cfg.get("tags")
+    if tags is None:
+        tags = [t.strip() for t in os.environ.get("WANDB_TAGS", "").split(",") if t.strip()]
+    return [str(t) for t in tags]
+
+
+def wandb_init_args(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Project, entity, name, group and tags for wandb.init: the command line / config, then W&B's
+    own variables (so a W&B sweep agent's WANDB_PROJECT and WANDB_ENTITY hold), then nanugpt's
+    defaults (project nanugpt; name and group from the run dir)."""
+    wcfg, env = cfg.logging.wandb, os.environ.get
+    name, group = default_run_name(run_dir)
+    return {
+        "project": wcfg.project or env("WANDB_PROJECT") or "nanugpt",
+        "entity": wcfg.entity or env("WANDB_ENTITY") or None,
+        "name": wcfg.name or env("WANDB_NAME") or name,
+        "group": wcfg.group or env("WANDB_RUN_GROUP") or group,
+        "tags": run_tags(cfg),
+    }
+
+
 class Progress:
     """A Rich progress bar on a terminal, with log lines printed above it; nothing when stdout
     is not a terminal (CI, files, Slurm), where the periodic log lines are the progress."""
@@ -167,16 +190,16 @@ class WandbRun:
         wcfg = cfg.logging.wandb
         self.wandb, self.run_dir = wandb, run_dir
         id_file = run_dir / RUN_ID_FILE
-        run_id = (id_file.read_text().strip() if id_file.is_file() else "") or secrets.token_hex(4)
+        # A resumed run keeps its id; a new one takes a W&B sweep agent's WANDB_RUN_ID when there is one.
+        run_id = (
+            (id_file.read_text().strip() if id_file.is_file() else "")
+            or os.environ.get("WANDB_RUN_ID")
+            or secrets.token_hex(4)
+        )
         atomic_write_bytes(id_file, f"{run_id}\n".encode())  # a crash mid-write must not leave an empty id
-        name, group = default_run_name(run_dir)
         self.run = wandb.init(
             mode=wandb_mode(wcfg.mode),
-            project=wcfg.project,
-            entity=wcfg.entity,
-            name=wcfg.name or name,
-            group=wcfg.group or group,
-            tags=list(wcfg.tags),
+            **wandb_init_args(cfg, run_dir),
             config=OmegaConf.to_container(cfg, resolve=True),
             id=run_id,
             resume="allow",
@@ -241,6 +264,9 @@ class RunObserver:
             "torch": torch.__version__,
             "start_step": start_step,
             "peak_flops_per_sec": self.peak,  # all devices
+            "tags": run_tags(cfg),
+            # which GPUs this job was given (hydra/launcher=local gives each concurrent job its own)
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             **summary,
         }
         (run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
