@@ -28,6 +28,9 @@ class TrainingConfig:
     threads: int | None = None  # torch intra-op threads; null keeps torch's default
     skip_nonfinite: bool = False  # a NaN/inf loss skips that optimizer step instead of stopping the run
     zero1: bool = False  # DDP only: shard optimizer state across ranks (ZeroRedundancyOptimizer)
+    # debug presets (nanugpt/conf/debug/)
+    detect_anomaly: bool = False  # torch.autograd.set_detect_anomaly: a NaN in backward names its op; slow
+    overfit_batches: int = 0  # train on the first this-many steps' batches over and over; 0: off
 
 
 @dataclass

@@ -39,7 +39,7 @@ from nanugpt.checkpoint import (
     save_checkpoint,
 )
 from nanugpt.config import register_configs
-from nanugpt.data.loader import RandomWindowBatches, fixed_eval_batches
+from nanugpt.data.loader import RandomWindowBatches, RepeatedBatches, fixed_eval_batches
 from nanugpt.data.prepared import PreparedData, prepare
 from nanugpt.errors import ConfigError, NonFiniteLossError, report_user_errors
 from nanugpt.metrics import format_duration
@@ -186,6 +186,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
     amp_dtype = autocast_dtype(tcfg.dtype, info.device)
     configure_matmul_precision(info.device)
     seed_everything(tcfg.seed)
+    torch.autograd.set_detect_anomaly(tcfg.detect_anomaly)  # debug=anomaly
 
     # ---- data: a text corpus is tokenized once into a cache keyed by data + tokenizer config and
     # read as random windows; example data (grokking, arithmetic: one row each, answer-only
@@ -218,6 +219,8 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
         val_batches = fixed_eval_batches(
             data.val, context_length, tcfg.device_batch_size, cfg.eval.iters, info.rank, info.world_size, info.device
         )
+    if tcfg.overfit_batches:  # debug=overfit
+        train_batches = RepeatedBatches(train_batches, tcfg.overfit_batches)
     set_vocab_size(cfg, data.vocab_size)
 
     # ---- model, loss, optimizer, schedule

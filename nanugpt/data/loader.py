@@ -103,6 +103,28 @@ class RandomWindowBatches:
         self._resume_state = self.generator.get_state()
 
 
+class RepeatedBatches:
+    """debug=overfit (`training.overfit_batches=n`): the first n steps' batches over and over.
+
+    The cache is rebuilt from the seed on resume, so the state is just the position in the cycle.
+    """
+
+    def __init__(self, batches: Any, num_steps: int) -> None:
+        self.cycle = [batches.next_step() for _ in range(num_steps)]
+        self.position = 0
+
+    def next_step(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        step = self.cycle[self.position % len(self.cycle)]
+        self.position += 1
+        return step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = int(state["position"])
+
+
 def fixed_eval_batches(
     tokens: np.ndarray,
     context_length: int,
