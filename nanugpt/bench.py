@@ -814,5 +814,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
+def cli() -> None:
+    """`nanugpt-bench`: main() without its return value, which a console script would pass to sys.exit (an error)."""
+    main()
+
+
 if __name__ == "__main__":
     main()

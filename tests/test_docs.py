@@ -23,7 +23,7 @@ README = REPO / "README.md"
 PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
 README_MAX_LINES = 250
 
-GROUPS = ("model", "data", "tokenizer", "optim", "sched", "loss", "scaler", "experiment")
+GROUPS = ("model", "data", "tokenizer", "optim", "sched", "loss", "scaler", "experiment", "debug", "hparams_search")
 SECTIONS = ("training", "eval", "logging", "paths")
 # Mistakes the docs show on purpose, as examples of what fails; each must really be wrong.
 DELIBERATE_TYPOS = {"training.max_stpes", "model=gpt2_125m", "model.foo"}
@@ -166,7 +166,8 @@ def test_config_keys_exist(page):
     roots = "|".join((*SECTIONS, *GROUPS, "bench", r"hydra\.launcher"))
     launcher_keys = option_keys("hydra/launcher")
     unknown = []
-    for root, key, after in re.findall(rf"(?<![\w./$-])({roots})\.(\w+(?:\.\w+)*)(.?)", page.read_text()):
+    # `+key=value` adds a key no config has, on purpose: not checked
+    for root, key, after in re.findall(rf"(?<![\w./$+-])({roots})\.(\w+(?:\.\w+)*)(.?)", page.read_text()):
         dotted = f"{root}.{key}"
         if after == "(" or key.split(".")[-1] in FILE_SUFFIXES or dotted in DELIBERATE_TYPOS:
             continue  # a method (model.flops_per_token()), a file name (data.md), a typo shown on purpose
@@ -193,6 +194,7 @@ def test_file_map_lists_every_module_config_dir_script_test_and_page():
     readme = README.read_text()
     expected = [
         *(p for p in (REPO / "nanugpt").rglob("*.py") if p.read_text().strip()),  # empty __init__.py: no module
+        *(REPO / "hydra_plugins").rglob("*_launcher.py"),
         *(p.parent for p in CONF.rglob("*.yaml") if p.parent != CONF),
         *CONF.glob("*.yaml"),
         *(p for p in (REPO / "launch").rglob("*") if p.is_file()),
