@@ -32,6 +32,7 @@ def test_debug_default_is_a_few_steps_with_a_tiny_eval_and_no_wandb(tmp_path):
     assert not (tmp_path / "wandb_run_id").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Error detected in:UserWarning")  # anomaly mode's own report of the op
 def test_debug_anomaly_names_the_backward_op_that_made_a_nan(tmp_path):
     with pytest.raises(NonFiniteLossError):  # without it: the run stops at the NaN loss, op unknown
         train(compose_train(["debug=default", *TINY, *DIVERGE]), tmp_path / "plain")

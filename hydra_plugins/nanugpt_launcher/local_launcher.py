@@ -75,6 +75,8 @@ class LocalLauncher(SubmititLocalLauncher):
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:  # as the plugin does
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
         log.info(f"Submitit 'local' sweep output dir : {sweep_dir}")
         pending = [
             (
@@ -83,6 +85,7 @@ class LocalLauncher(SubmititLocalLauncher):
             )
             for i, o in enumerate(job_overrides)
         ]
+        # Start jobs while slots are free; when none is, wait for a running job to end and take its slot.
         jobs: dict[int, Any] = {}
         free = list(slots) if slots is not None else None
         running: dict[int, list[int]] = {}  # job index -> its GPUs
