@@ -39,7 +39,15 @@ from nanugpt.data.loader import RandomWindowBatches, fixed_eval_batches
 from nanugpt.models.with_loss import ModelWithLoss
 from nanugpt.observe import peak_flops
 from nanugpt.sampling import generate
-from nanugpt.train import autocast_dtype, configure_matmul_precision, prepare_data, set_vocab_size, train_step
+from nanugpt.train import (
+    Run,
+    TrainData,
+    autocast_dtype,
+    configure_matmul_precision,
+    prepare_data,
+    set_vocab_size,
+    train_step,
+)
 from nanugpt.utils import CONF_DIR, seed_everything
 
 BENCH_DEFAULTS: dict[str, Any] = {
@@ -218,9 +226,11 @@ def bench_train(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]
 
     info = dist.DistInfo(rank=0, local_rank=0, world_size=1, device=device)
 
+    run = Run(model, net, optimizer, scheduler, scaler, TrainData(batches, [], 0, {}), amp_dtype, autocast, "single")
+
     def nanugpt_step() -> float:
         """The trainer's own step (nanugpt.train.train_step); returns seconds waiting on data."""
-        return train_step(net, model, optimizer, scheduler, scaler, batches, autocast, info, tcfg.grad_clip).data_s
+        return train_step(run, info, tcfg.grad_clip).data_s
 
     loops: dict[str, Callable[[], float]] = {"nanugpt": nanugpt_step}
 

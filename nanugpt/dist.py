@@ -117,3 +117,10 @@ def shutdown(failed: bool = False) -> None:
             pass
         return
     dist.destroy_process_group()
+
+
+def sum_over_ranks(info: DistInfo, **values: torch.Tensor) -> dict[str, float]:
+    """Scalars summed over all ranks in one all-reduce, returned by name as Python floats (one
+    host sync for all of them)."""
+    totals = all_reduce_sum(torch.stack([v.double() for v in values.values()]), info)
+    return dict(zip(values, totals.tolist(), strict=True))
