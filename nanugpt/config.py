@@ -3,7 +3,8 @@
 `nanugpt/conf/train.yaml` lists `nanugpt_train_schema` first in its defaults, so a mistyped key
 (`training.max_stpes=5`) or a wrongly typed value (`training.max_steps=abc`) fails at
 composition with Hydra's own message, before anything runs. Plugin groups (`model`, `data`,
-...) stay free-form: their keys are the plugin's constructor arguments.
+...) stay free-form: their keys are the plugin's constructor arguments. `nanugpt/conf/bench.yaml`
+types its `bench` section the same way with `nanugpt_bench_schema`.
 """
 
 from __future__ import annotations
@@ -77,5 +78,33 @@ class TrainConfig:
     resume: str = "auto"  # auto: continue from <run dir>/checkpoints/last.pt if present | never | <path>
 
 
+@dataclass
+class BenchConfig:
+    """`python -m nanugpt.bench`'s own options: the `bench` section of nanugpt/conf/bench.yaml. A
+    benchmark's options are its fields here (the comment names the benchmark)."""
+
+    warmup: int = 3  # untimed steps (compilation, allocator warm-up)
+    steps: int = 10  # timed steps per repeat
+    repeats: int = 3  # the figure is the median over repeats
+    out: str | None = None  # JSON path; null: bench-<what>.json
+    synthetic: bool = False  # train, eval: random tokens instead of the configured data
+    plain_loop: bool = True  # train: also time a minimal plain-torch loop on the same model
+    new_tokens: int = 500  # generate
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])  # generate
+    prompt_tokens: int = 8  # generate
+    compile_decode: bool = False  # generate: also time a torch.compile'd decode step
+    ckpt: str | None = None  # generate: a checkpoint instead of random weights
+    max_mb: float = 8.0  # prepare: cap the corpus at this many MB
+    bpe_file: str | None = None  # prepare: a local .tiktoken rank file (r50k_base / gpt2); null skips tiktoken
+    experiment: str = "shakespeare_speedrun"  # speedrun: the experiment config to run end to end
+    target_loss: float = 1.88  # speedrun: final val loss to reach
+    target_wall_s: float = 45.0  # speedrun: wall seconds from command start to exit
+    budget_s: float = 480.0  # gpu: stop starting sections once this many seconds have passed
+    dry_run: bool = False  # gpu: toy sizes on the CPU (CI), to prove the check runs end to end
+    out_dir: str | None = None  # gpu: where gpu.json, gpu.md and each section's JSON and log go; null: bench-gpu/
+    shakespeare_path: str | None = None  # gpu: a local tinyshakespeare.txt for the baby-GPT section (skipped without)
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="nanugpt_train_schema", node=TrainConfig)
+    ConfigStore.instance().store(name="nanugpt_bench_schema", node=BenchConfig)

@@ -348,10 +348,10 @@ class Run:
     parallel: str  # parallel_mode()
 
 
-def build_run(cfg: DictConfig, info: dist.DistInfo, amp_dtype: torch.dtype) -> Run:
+def build_run(cfg: DictConfig, info: dist.DistInfo, amp_dtype: torch.dtype, data: TrainData | None = None) -> Run:
     """Data first (the model's vocab comes from it), then the model, its wrap and optimizer, the
-    schedule and the loss scaler."""
-    data = build_data(cfg, info)
+    schedule and the loss scaler. `data` replaces the configured data (the benchmark's random tokens)."""
+    data = data or build_data(cfg, info)
     set_vocab_size(cfg, data.vocab_size)
     model, net = build_model(cfg, info.device)
     parallel = parallel_mode(cfg, info)

@@ -12,9 +12,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from nanugpt.bench import load_tiktoken_file, parse_args
+import nanugpt.train
+from nanugpt.bench.__main__ import split_command
+from nanugpt.bench.prepare import load_tiktoken_file
+from nanugpt.bench.train import bench_train
 from nanugpt.tokenizers.tiktoken_bpe import TiktokenTokenizer, split_for_batch
-from tests.conftest import REPO, TINY, run_cli
+from tests.conftest import TINY, compose_train, run_cli
 
 FAST = ["bench.warmup=1", "bench.steps=2", "bench.repeats=2"]
 
@@ -100,14 +103,36 @@ def test_batched_tiktoken_encode_equals_one_encode(tmp_path: Path) -> None:
     assert TiktokenTokenizer.encode(ours, text).tolist() == enc.encode_ordinary(text)
 
 
-def test_bench_rejects_unknown_commands_and_options() -> None:
+def test_bench_rejects_unknown_commands_and_options(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="usage"):
-        parse_args(["speed"])
+        split_command(["speed"])
+    with pytest.raises(SystemExit, match=r"bench\.stepz; known: bench\.warmup, bench\.steps, "):
+        split_command(["train", "bench.stepz=3"])
     with pytest.raises(SystemExit, match="bench.stepz"):
-        parse_args(["train", "bench.stepz=3"])
-    what, bench, overrides = parse_args(["generate", "bench.batch_sizes=[1,8]", "model.n_layer=2"])
-    assert (what, bench["batch_sizes"], overrides) == ("generate", [1, 8], ["model.n_layer=2"])
-    assert REPO.is_dir()
+        split_command(["train", "+bench.stepz=3"])  # no appending around the schema either
+    what, overrides = split_command(["generate", "bench.batch_sizes=[1,8]", "model.n_layer=2"])
+    assert (what, overrides) == ("generate", ["bench.batch_sizes=[1,8]", "model.n_layer=2"])
+    # the typed section: a wrong type fails at composition, before anything runs
+    proc = run_cli("nanugpt.bench", "train", "bench.steps=abc", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "bench.steps=abc" in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # no run dir, no log file, no JSON
+
+
+def test_bench_train_times_the_trainers_own_train_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The benchmark's nanugpt loop is `nanugpt.train.train_step` itself: replaced in-process by a
+    counting wrapper, every warm-up and timed step of that loop goes through it."""
+    real_step, calls = nanugpt.train.train_step, []
+
+    def counting_step(*args, **kwargs):
+        calls.append(args[0])
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(nanugpt.train, "train_step", counting_step)
+    cfg = compose_train([*TINY, "bench.warmup=2", "bench.steps=3", "bench.repeats=2"], config_name="bench")
+    result = bench_train(cfg)
+    assert len(calls) == 2 + 3 * 2  # warm-up + steps x repeats; the plain loop does not call it
+    assert all(isinstance(run, nanugpt.train.Run) for run in calls)
+    assert [r["loop"] for r in result.rows] == ["nanugpt", "plain torch loop"]
 
 
 def test_bench_speedrun_times_whole_training_runs(tmp_path: Path) -> None:
