@@ -351,7 +351,8 @@ class Run:
 def build_run(cfg: DictConfig, info: dist.DistInfo, amp_dtype: torch.dtype, data: TrainData | None = None) -> Run:
     """Data first (the model's vocab comes from it), then the model, its wrap and optimizer, the
     schedule and the loss scaler. `data` replaces the configured data (the benchmark's random tokens)."""
-    data = data or build_data(cfg, info)
+    if data is None:
+        data = build_data(cfg, info)
     set_vocab_size(cfg, data.vocab_size)
     model, net = build_model(cfg, info.device)
     parallel = parallel_mode(cfg, info)
@@ -404,8 +405,10 @@ def build_observer(cfg: DictConfig, run_dir: Path, run: Run, info: dist.DistInfo
 
 @dataclass
 class ValLosses:
+    """The best val loss (carried over by a resume: it decides best.pt) and this run's latest."""
+
     best: float = math.inf
-    last: float | None = None  # this run's latest eval
+    last: float | None = None
 
     def record(self, loss: float) -> bool:
         """Note an eval's loss; returns whether it is the best so far."""
