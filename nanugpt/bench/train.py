@@ -48,8 +48,8 @@ def plain_loop(cfg: DictConfig, run: train.Run, device: torch.device) -> Callabl
     tokens = getattr(run.data.train_batches, "tokens", None)
     if tokens is None:
         raise ConfigError(
-            f"bench.plain_loop=true slices windows from a token stream, and data={cfg.data._target_} brings its "
-            "own example batches; pass bench.plain_loop=false to time the trainer's step alone."
+            f"bench.plain_loop=true slices windows from a token stream, but this data ({cfg.data._target_}) brings "
+            "its own example batches; pass bench.plain_loop=false to time the trainer's step alone."
         )
     tcfg, context_length = cfg.training, cfg.model.context_length
     accum = tcfg.global_batch_size // tcfg.device_batch_size
