@@ -160,7 +160,7 @@ def write_json(what: str, bench: dict, cfg: DictConfig | None, device: torch.dev
         "command": "python -m nanugpt.bench " + " ".join(sys.argv[1:]),
         "machine": machine_info(device),
         "bench_options": bench,
-        "config": OmegaConf.to_container(cfg, resolve=True) if cfg is not None else None,
+        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if cfg is not None else None,
         "results": rows,
     }
     out.write_text(json.dumps(record, indent=2, default=str))

@@ -11,6 +11,8 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from nanugpt.errors import ConfigError
+
 T = TypeVar("T")
 log = logging.getLogger("nanugpt.dist")
 
@@ -56,7 +58,7 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("training.device=cuda but no CUDA device is visible; use training.device=cpu or auto.")
+            raise ConfigError("training.device=cuda but no CUDA device is visible; use training.device=cpu or auto.")
         return torch.device("cuda", local_rank)
     return torch.device(name)
 

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from nanugpt.checkpoint import load_checkpoint, load_model_state
+from nanugpt.config import register_configs, validate_generate
 from nanugpt.dist import resolve_device
 from nanugpt.errors import CheckpointError, ConfigError, UserError, report_user_errors
 from nanugpt.sampling import generate
@@ -169,9 +170,13 @@ def generate_texts(
     return texts
 
 
+register_configs()
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
 @report_user_errors
 def main(cfg: DictConfig) -> list[str]:
+    validate_generate(cfg)
     device = resolve_device(cfg.device, 0)
     ckpt = load_checkpoint(Path(cfg.ckpt), map_location=device)
     model, tokenizer = build_from_checkpoint(ckpt, device, cfg.trust_checkpoint, source=cfg.ckpt)

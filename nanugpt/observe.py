@@ -70,13 +70,10 @@ def git_state(path: Path) -> dict[str, Any]:
 
 
 def wandb_mode(mode: str | None) -> str:
-    """`logging.wandb.mode`, or when null: WANDB_MODE if set, online when logged in, else disabled."""
+    """`logging.wandb.mode` (a choice the schema has checked), or when null: WANDB_MODE if set,
+    online when logged in, else disabled."""
     if mode is not None:
-        if mode not in ("online", "offline", "disabled"):
-            raise ValueError(
-                f"logging.wandb.mode={mode} is not one of online, offline, disabled (or null for automatic)."
-            )
-        return mode
+        return str(mode)  # a plain str for wandb, not the schema's enum member
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     if os.environ.get("WANDB_API_KEY"):
@@ -177,7 +174,7 @@ class WandbRun:
             name=wcfg.name or name,
             group=wcfg.group or group,
             tags=list(wcfg.tags),
-            config=OmegaConf.to_container(cfg, resolve=True),
+            config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
             id=run_id,
             resume="allow",
             dir=os.environ.get("WANDB_DIR") or str(run_dir),

@@ -12,7 +12,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from nanugpt.config import register_configs
+from nanugpt.config import register_configs, validate_prepare
 from nanugpt.data.prepared import prepare
 from nanugpt.errors import report_user_errors
 from nanugpt.utils import CONF_DIR
@@ -25,6 +25,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prepare")
 @report_user_errors
 def main(cfg: DictConfig) -> str:
+    validate_prepare(cfg)
     data = prepare(
         source=instantiate(cfg.data),
         tokenizer=instantiate(cfg.tokenizer),

@@ -17,6 +17,8 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from nanugpt.errors import ConfigError
+
 
 def sample_next(
     logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None
@@ -25,7 +27,7 @@ def sample_next(
     if temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)
     if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p={top_p} must be in (0, 1]; use top_p=null (or 1.0) to switch nucleus sampling off.")
+        raise ConfigError(f"top_p={top_p} must be in (0, 1]; use top_p=null (or 1.0) to switch nucleus sampling off.")
     logits = logits.float() / temperature
     if top_k is not None and top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
@@ -62,7 +64,10 @@ def generate(
     L = model.context_length
     keep = L // 2 if window_keep is None else window_keep
     if not 1 <= keep <= L:
-        raise ValueError(f"window_keep={window_keep} must be between 1 and the model's context_length={L}.")
+        raise ConfigError(
+            f"window_keep={window_keep} must be between 1 and the model's context_length={L}; pass a smaller "
+            "window_keep, or window_keep=null for half the window."
+        )
     step_fn = model if decode_step is None else decode_step
     cache = model.new_kv_cache(idx.size(0)) if use_cache else None
     start = max(0, idx.size(1) - L)  # where the model's context begins in idx

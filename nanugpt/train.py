@@ -38,7 +38,7 @@ from nanugpt.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from nanugpt.config import register_configs
+from nanugpt.config import register_configs, validate_train
 from nanugpt.data.loader import RandomWindowBatches, fixed_eval_batches
 from nanugpt.data.prepared import PreparedData, prepare
 from nanugpt.errors import ConfigError, NonFiniteLossError, report_user_errors
@@ -147,6 +147,7 @@ def evaluate(net: torch.nn.Module, batches: list, autocast: Any, info: dist.Dist
 
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
+    validate_train(cfg, run_dir)  # every value, the device and the dirs, before any work
     info = dist.init_distributed(cfg.training.device)
     stop = StopSignal()  # SIGTERM/SIGUSR2: checkpoint at the end of the step, then exit
     failed = True
@@ -361,7 +362,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
                 "rng": rng,
                 "step": step,
                 "best_val_loss": best_val_loss,
-                "config": OmegaConf.to_container(cfg, resolve=True),
+                "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
                 "data_meta": data.meta,
             }
             if info.is_master:
