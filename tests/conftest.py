@@ -4,10 +4,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from nanugpt.config import register_configs
 from nanugpt.utils import CONF_DIR
@@ -41,6 +42,14 @@ def compose_train(overrides: list[str] | None = None, config_name: str = "train"
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name=config_name, overrides=overrides or [])
+
+
+def plugin_args(group: str, option: str, **overrides: Any) -> dict[str, Any]:
+    """The constructor arguments that `<group>=<option>` configures (its YAML holds the defaults;
+    constructors repeat none), resolved, with `overrides`."""
+    node = compose_train([f"{group}={option}"])[group]
+    args = OmegaConf.to_container(node, resolve=True)
+    return {**{k: v for k, v in args.items() if k != "_target_"}, **overrides}
 
 
 def run_cli(

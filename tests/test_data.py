@@ -12,6 +12,12 @@ from nanugpt.data.text import TextFiles
 from nanugpt.tokenizers.base import token_dtype
 from nanugpt.tokenizers.byte import ByteTokenizer
 
+from .conftest import plugin_args
+
+
+def text_files(path) -> TextFiles:
+    return TextFiles(**plugin_args("data", "text", path=str(path)))
+
 
 @pytest.mark.parametrize("text", ["hello world", "def f(x):\n    return x  # ünïcödé ✓ 日本語", ""])
 def test_byte_tokenizer_round_trips(text):
@@ -54,22 +60,22 @@ def test_prepare_reuses_cache_and_redoes_when_source_changes(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("abc" * 1000)
     cfg = {"path": str(corpus)}
-    first = prepare(TextFiles(str(corpus)), ByteTokenizer(), tmp_path / "d", cfg, {})
+    first = prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", cfg, {})
     mtime = (first.path / "train.bin").stat().st_mtime_ns
-    again = prepare(TextFiles(str(corpus)), ByteTokenizer(), tmp_path / "d", cfg, {})
+    again = prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", cfg, {})
     assert (again.path / "train.bin").stat().st_mtime_ns == mtime  # served from cache
     corpus.write_text("xyz" * 2000)
-    changed = prepare(TextFiles(str(corpus)), ByteTokenizer(), tmp_path / "d", cfg, {})
+    changed = prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", cfg, {})
     assert changed.path == first.path and ByteTokenizer().decode(changed.train).startswith("xyz")
     # a different tokenizer config never shares a directory with this one
-    other = prepare(TextFiles(str(corpus)), ByteTokenizer(), tmp_path / "d", cfg, {"other": 1})
+    other = prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", cfg, {"other": 1})
     assert other.path != first.path
 
 
 def test_truncated_prepared_file_is_a_clear_error(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("hello " * 500)
-    data = prepare(TextFiles(str(corpus)), ByteTokenizer(), tmp_path / "d", {}, {})
+    data = prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", {}, {})
     with open(data.path / "train.bin", "r+b") as f:
         f.truncate(10)
     with pytest.raises(RuntimeError, match="delete .* prepared again"):
@@ -78,14 +84,15 @@ def test_truncated_prepared_file_is_a_clear_error(tmp_path):
 
 def test_text_source_errors_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt"):
-        _ = TextFiles(str(tmp_path / "nope.txt")).text
+        _ = text_files(tmp_path / "nope.txt").text
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no files"):
-        _ = TextFiles(str(tmp_path / "empty")).text
+        _ = text_files(tmp_path / "empty").text
 
 
 def test_shakespeare_offline_error_says_how_to_pass_a_local_copy(tmp_path):
-    src = TinyShakespeare(cache_dir=str(tmp_path), url="http://127.0.0.1:9/input.txt", timeout_s=2)
+    args = plugin_args("data", "shakespeare_char", cache_dir=str(tmp_path))
+    src = TinyShakespeare(**args, url="http://127.0.0.1:9/input.txt", timeout_s=2)
     with pytest.raises(RuntimeError, match="data.local_path="):
         _ = src.text
 
@@ -94,7 +101,9 @@ def test_shakespeare_local_copy_is_checked(tmp_path):
     wrong = tmp_path / "wrong.txt"
     wrong.write_text("not shakespeare")
     with pytest.raises(ValueError, match="sha256"):
-        _ = TinyShakespeare(cache_dir=str(tmp_path), local_path=str(wrong)).text
+        _ = TinyShakespeare(
+            **plugin_args("data", "shakespeare_char", cache_dir=str(tmp_path), local_path=str(wrong))
+        ).text
 
 
 def test_batches_are_shifted_windows_and_resume_exactly():

@@ -17,11 +17,12 @@ from hydra.utils import instantiate
 
 from nanugpt.data.hub import HubDataset
 from nanugpt.data.prepared import load_prepared, prepare
+from nanugpt.errors import ConfigError
 from nanugpt.tokenizers.byte import ByteTokenizer
 from nanugpt.tokenizers.char import CharTokenizer
 from nanugpt.train import train
 
-from .conftest import REPO, TINY, compose_train, run_cli
+from .conftest import REPO, TINY, compose_train, plugin_args, run_cli
 
 STORIES = [
     f"Once upon a time, story {i}: a {['cat', 'dog', 'fox'][i % 3]} named Ümit found {i * 7} apples."
@@ -103,18 +104,19 @@ class CrashingSource(HubDataset):
 
 
 def test_interrupted_prepare_continues_from_finished_shards(tmp_path, parquet_stories):
-    make = lambda crash_at=None: CrashingSource(
+    args = plugin_args(
+        "data",
         "tinystories",
-        "parquet",
+        path="parquet",
         data_files=parquet_stories,
         shard_docs=20,
         num_proc=1,
-        crash_at=crash_at,
         cache_dir=str(tmp_path / "hf"),
     )
+    make = lambda crash_at=None: CrashingSource(**args, crash_at=crash_at)
     tok_cfg = {"chars": None}
     with pytest.raises(KeyboardInterrupt):
-        prepare(make(crash_at=3), CharTokenizer(), tmp_path / "d", {"c": 1}, tok_cfg)
+        prepare(make(crash_at=3), CharTokenizer(None), tmp_path / "d", {"c": 1}, tok_cfg)
     path = next(p for p in (tmp_path / "d").iterdir() if p.is_dir())
     assert not (path / "meta.json").exists()  # never looks complete
     assert sorted(p.name for p in (path / "partial").glob("*.bin")) == [
@@ -125,23 +127,16 @@ def test_interrupted_prepare_continues_from_finished_shards(tmp_path, parquet_st
     with pytest.raises(FileNotFoundError):
         load_prepared(path)
     resumed_source = make()
-    resumed = prepare(resumed_source, CharTokenizer(), tmp_path / "d", {"c": 1}, tok_cfg)
+    resumed = prepare(resumed_source, CharTokenizer(None), tmp_path / "d", {"c": 1}, tok_cfg)
     assert resumed_source.calls == [("train", 3), ("train", 4), ("val", 0)]  # only the unfinished shards
-    fresh = prepare(make(), CharTokenizer(), tmp_path / "fresh", {"c": 1}, tok_cfg)
+    fresh = prepare(make(), CharTokenizer(None), tmp_path / "fresh", {"c": 1}, tok_cfg)
     assert np.array_equal(resumed.train, fresh.train) and np.array_equal(resumed.val, fresh.val)
     assert resumed.meta["tokenizer_state"] == fresh.meta["tokenizer_state"]
 
 
 def test_interrupted_prepare_of_a_changed_source_restarts_cleanly(tmp_path, parquet_stories):
-    make = lambda files, crash_at=None: CrashingSource(
-        "tinystories",
-        "parquet",
-        data_files=files,
-        shard_docs=20,
-        num_proc=1,
-        crash_at=crash_at,
-        cache_dir=str(tmp_path / "hf"),
-    )
+    args = plugin_args("data", "tinystories", path="parquet", shard_docs=20, num_proc=1, cache_dir=str(tmp_path / "hf"))
+    make = lambda files, crash_at=None: CrashingSource(**{**args, "data_files": files}, crash_at=crash_at)
     with pytest.raises(KeyboardInterrupt):
         prepare(make(parquet_stories, crash_at=2), ByteTokenizer(), tmp_path / "d", {"c": 1}, {})
     datasets.Dataset.from_dict({"text": [s.upper() for s in STORIES[:100]]}).to_parquet(parquet_stories["train"])
@@ -152,10 +147,11 @@ def test_interrupted_prepare_of_a_changed_source_restarts_cleanly(tmp_path, parq
 
 
 def test_hub_source_errors_name_the_bad_value(tmp_path, parquet_stories):
-    with pytest.raises(ValueError, match="data.val_split=test is not a split"):
-        _ = HubDataset("x", "parquet", data_files=parquet_stories, val_split="test", cache_dir=str(tmp_path)).splits
-    with pytest.raises(ValueError, match="data.text_field=story is not a column"):
-        _ = HubDataset("x", "parquet", data_files=parquet_stories, text_field="story", cache_dir=str(tmp_path)).splits
+    args = plugin_args("data", "tinystories", path="parquet", data_files=parquet_stories, cache_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="data.val_split=test is not a split"):
+        _ = HubDataset(**{**args, "val_split": "test"}).splits
+    with pytest.raises(ConfigError, match="data.text_field=story is not a column"):
+        _ = HubDataset(**{**args, "text_field": "story"}).splits
 
 
 def test_offline_hub_data_set_is_a_clear_error(tmp_path):
@@ -191,7 +187,7 @@ def test_every_hub_config_prepares_local_files_of_its_layout(option, tmp_path):
         files[split] = str(tmp_path / f"{split}.parquet")
     cfg = compose_train(local(option, files, "parquet", "data.val_fraction=0.05", "data.num_proc=1"))
     source = instantiate(cfg.data)
-    data = prepare(source, CharTokenizer(), tmp_path / "d", {"c": option}, {"chars": None})
+    data = prepare(source, CharTokenizer(None), tmp_path / "d", {"c": option}, {"chars": None})
     text = CharTokenizer(data.meta["tokenizer_state"]["chars"]).decode(data.train)
     if cfg.data.val_split:
         assert text == "".join(s + cfg.data.text_separator for s in STORIES)

@@ -19,7 +19,7 @@ from nanugpt.tokenizers.hf import HFTokenizer
 from nanugpt.tokenizers.tiktoken_bpe import TiktokenTokenizer, split_for_batch
 from nanugpt.train import train
 
-from .conftest import REPO, TINY, compose_train, run_cli
+from .conftest import REPO, TINY, compose_train, plugin_args, run_cli
 
 # Article 1 of the Universal Declaration of Human Rights in several scripts, plus real code.
 MULTILINGUAL = "\n".join(
@@ -82,8 +82,8 @@ def test_tiktoken_local_file_with_wrong_hash_is_refused(tiktoken_rank_file):
 def test_tiktoken_missing_local_file_and_unknown_encoding_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer.bpe_file=.*nope.tiktoken"):
         TiktokenTokenizer("o200k_base", str(tmp_path / "nope.tiktoken"))
-    with pytest.raises(ValueError, match="tokenizer.encoding=p50k_base"):
-        TiktokenTokenizer("p50k_base")
+    with pytest.raises(ValueError, match="tokenizer.encoding='p50k_base' is unknown"):
+        TiktokenTokenizer("p50k_base", None)
 
 
 def test_tiktoken_offline_download_is_a_clear_error(tmp_path, monkeypatch):
@@ -93,27 +93,27 @@ def test_tiktoken_offline_download_is_a_clear_error(tmp_path, monkeypatch):
     for var in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(RuntimeError, match=r"tokenizer.bpe_file=/path/to/cl100k_base.tiktoken .*223921b7"):
-        TiktokenTokenizer("cl100k_base")
+        TiktokenTokenizer("cl100k_base", None)
 
 
 def test_char_tokenizer_learns_vocab_and_round_trips():
-    tok = CharTokenizer()
+    tok = CharTokenizer(None)
     assert tok.needs_fit
     tok.fit({"train": iter([MULTILINGUAL[:200]]), "val": iter([MULTILINGUAL[200:]])})
     assert tok.vocab_size == len(set(MULTILINGUAL)) and list(tok.chars) == sorted(set(MULTILINGUAL))
     assert tok.decode(tok.encode(MULTILINGUAL)) == MULTILINGUAL
-    again = CharTokenizer()
+    again = CharTokenizer(None)
     again.load_state(tok.state())
     assert np.array_equal(again.encode(MULTILINGUAL), tok.encode(MULTILINGUAL))
     assert tok.decode([0, tok.vocab_size, -1]) == tok.chars[0] + "\ufffd\ufffd"
     with pytest.raises(ValueError, match="'Ω' are not in the char vocab"):
         tok.encode("Ω")
     with pytest.raises(RuntimeError, match="built from the corpus by prepare"):
-        CharTokenizer().encode("a")
+        CharTokenizer(None).encode("a")
 
 
 def test_hf_tokenizer_trains_a_bpe_and_loads_from_file(tmp_path):
-    tok = HFTokenizer(train=True, vocab_size=400)
+    tok = HFTokenizer(**plugin_args("tokenizer", "hf", train=True, vocab_size=400))
     tok.fit({"train": iter([STDLIB_SNIPPET * 3, MULTILINGUAL]), "val": iter([])})
     assert tok.vocab_size == 400 and tok.decode([tok.eot_id]) == "<|endoftext|>"
     for sample in (MULTILINGUAL, STDLIB_SNIPPET):
@@ -121,19 +121,21 @@ def test_hf_tokenizer_trains_a_bpe_and_loads_from_file(tmp_path):
         assert tok.decode(ids) == sample
     assert len(tok.encode(STDLIB_SNIPPET)) < len(STDLIB_SNIPPET.encode()) / 2  # merges learned from the corpus
     (tmp_path / "tokenizer.json").write_text(tok.state()["tokenizer_json"])
-    local = HFTokenizer(path=str(tmp_path / "tokenizer.json"))
+    local = HFTokenizer(**plugin_args("tokenizer", "hf", path=str(tmp_path / "tokenizer.json")))
     assert np.array_equal(local.encode(MULTILINGUAL), tok.encode(MULTILINGUAL))
     with pytest.raises(ValueError, match="exactly one of tokenizer.path"):
-        HFTokenizer()
+        HFTokenizer(**plugin_args("tokenizer", "hf"))
     with pytest.raises(FileNotFoundError, match="tokenizer.path=.*missing.json"):
-        HFTokenizer(path=str(tmp_path / "missing.json"))
+        HFTokenizer(**plugin_args("tokenizer", "hf", path=str(tmp_path / "missing.json")))
 
 
 def test_large_vocab_is_stored_as_uint32_and_round_trips(tmp_path, tiktokens):
     corpus = tmp_path / "multi.txt"
     corpus.write_text(MULTILINGUAL * 20)
     tok = tiktokens["o200k_base"]
-    data = prepare(TextFiles(str(corpus)), tok, tmp_path / "d", {"p": 1}, {"e": "o200k"})
+    data = prepare(
+        TextFiles(**plugin_args("data", "text", path=str(corpus))), tok, tmp_path / "d", {"p": 1}, {"e": "o200k"}
+    )
     assert data.meta["dtype"] == "uint32" and data.train.dtype == np.uint32
     assert int(data.train.max()) > 65535  # ids that uint16 would have wrapped
     assert tok.decode(data.train) + tok.decode(data.val) == MULTILINGUAL * 20
@@ -151,10 +153,12 @@ def test_large_vocab_is_stored_as_uint32_and_round_trips(tmp_path, tiktokens):
 def test_fitted_char_vocab_is_saved_in_meta_and_restored_from_cache(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text(MULTILINGUAL * 10)
-    first = prepare(TextFiles(str(corpus)), CharTokenizer(), tmp_path / "d", {}, {})
+    first = prepare(
+        TextFiles(**plugin_args("data", "text", path=str(corpus))), CharTokenizer(None), tmp_path / "d", {}, {}
+    )
     assert first.meta["tokenizer_state"]["chars"] == "".join(sorted(set(MULTILINGUAL)))
-    cached = CharTokenizer()
-    again = prepare(TextFiles(str(corpus)), cached, tmp_path / "d", {}, {})
+    cached = CharTokenizer(None)
+    again = prepare(TextFiles(**plugin_args("data", "text", path=str(corpus))), cached, tmp_path / "d", {}, {})
     assert again.path == first.path and cached.chars == first.meta["tokenizer_state"]["chars"]
     assert cached.decode(again.train) + cached.decode(again.val) == MULTILINGUAL * 10
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from nanugpt.errors import ConfigError
 from nanugpt.tokenizers.base import Tokenizer
 
 IGNORE_INDEX = -100
@@ -33,7 +34,7 @@ def encode_examples(
         masks.append([False] * len(p) + [True] * len(a))
     lengths = {len(r) for r in rows}
     if len(lengths) != 1:
-        raise ValueError(
+        raise ConfigError(
             f"Examples encode to different lengths {sorted(lengths)} with the {tokenizer.name} tokenizer, "
             f"e.g. {prompts[0]!r} + {answers[0]!r}; example data needs one fixed length per row: use "
             "the tokenizer its config names (tokenizer=grokking for data=grokking)."
@@ -45,12 +46,10 @@ def encode_examples(
 
 def split_indices(n: int, train_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded random split of `range(n)`: the same seed gives the same split on every machine."""
-    if not 0.0 < train_fraction < 1.0:
-        raise ValueError(f"data.train_fraction={train_fraction} must lie strictly between 0 and 1 (e.g. 0.5).")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_train = round(n * train_fraction)
     if not 0 < n_train < n:
-        raise ValueError(
+        raise ConfigError(
             f"data.train_fraction={train_fraction} of {n} examples leaves an empty split; raise or lower it."
         )
     return order[:n_train].sort().values, order[n_train:].sort().values

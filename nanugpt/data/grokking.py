@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from nanugpt.data.examples import ExampleData, build_example_data, encode_examples, split_indices
+from nanugpt.errors import ConfigError, check_value
 from nanugpt.tokenizers.base import Tokenizer
 from nanugpt.tokenizers.grokking import OPERATORS
 
@@ -32,14 +33,15 @@ def modular_table(p: int, op: str) -> list[tuple[int, int, int]]:
 class ModularArithmetic:
     name = "grokking"
 
-    def __init__(self, p: int = 97, op: str = "/", train_fraction: float = 0.5, seed: int = 0) -> None:
-        if op not in OPERATORS:
-            raise ValueError(
-                f"data.op={op!r} is not one of {', '.join(repr(o) for o in OPERATORS)}; e.g. data.op=/ (quote it in a "
-                "shell: 'data.op=/')."
+    def __init__(self, p: int, op: str, train_fraction: float, seed: int) -> None:
+        check_value("data.op", op, str, choices=OPERATORS, fix="E.g. data.op=/ (quote it in a shell: 'data.op=*').")
+        check_value("data.p", p, int, ge=2, fix="The modulus, e.g. data.p=97.")
+        if op == "/" and not is_prime(p):
+            raise ConfigError(
+                f"data.p={p} must be a prime for division (b must have an inverse mod p), e.g. 97 or 223."
             )
-        if p < 2 or (op == "/" and not is_prime(p)):
-            raise ValueError(f"data.p={p} must be a prime for division (b must have an inverse mod p), e.g. 97 or 223.")
+        check_value("data.train_fraction", train_fraction, float, gt=0, lt=1, fix="E.g. data.train_fraction=0.5.")
+        check_value("data.seed", seed, int, ge=0)
         self.p, self.op, self.train_fraction, self.seed = p, op, train_fraction, seed
 
     def equations(self) -> tuple[list[str], list[str]]:
@@ -64,7 +66,7 @@ class ModularArithmetic:
         device: torch.device,
     ) -> ExampleData:
         if getattr(tokenizer, "p", self.p) != self.p:
-            raise ValueError(
+            raise ConfigError(
                 f"tokenizer.p={tokenizer.p} differs from data.p={self.p}; drop the override (the grokking tokenizer "
                 f"takes ${{data.p}})."
             )

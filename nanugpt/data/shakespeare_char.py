@@ -8,7 +8,7 @@ import urllib.request
 from pathlib import Path
 
 from nanugpt.data.source import TextSource
-from nanugpt.errors import ConfigError, MissingInputError, UnavailableInputError
+from nanugpt.errors import ConfigError, MissingInputError, UnavailableInputError, check_value
 from nanugpt.utils import atomic_write_bytes
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -25,13 +25,18 @@ class TinyShakespeare(TextSource):
     def __init__(
         self,
         cache_dir: str,
-        local_path: str | None = None,
+        local_path: str | None,
+        val_fraction: float,
         url: str = URL,
         sha256: str = SHA256,
-        val_fraction: float = 0.1,
         timeout_s: float = 30.0,
     ) -> None:
         super().__init__(val_fraction)
+        check_value(
+            "data.cache_dir", cache_dir, str, fix="The download is kept there, e.g. data.cache_dir=data/downloads."
+        )
+        check_value("data.local_path", local_path, str, null="download it", fix="E.g. data.local_path=input.txt.")
+        check_value("data.timeout_s", timeout_s, float, gt=0)
         self.cache_path = Path(cache_dir).expanduser() / "tinyshakespeare.txt"
         self.local_path = Path(local_path).expanduser() if local_path else None
         self.url, self.sha256, self.timeout_s = url, sha256, timeout_s

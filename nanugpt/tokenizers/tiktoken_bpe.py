@@ -18,6 +18,8 @@ import tiktoken
 import tiktoken_ext.openai_public as openai_public
 from tiktoken.load import load_tiktoken_bpe
 
+from nanugpt.errors import ConfigError, MissingInputError, UnavailableInputError, check_value
+
 # Our encoding name -> tiktoken's constructor that reads a single .tiktoken rank file.
 # tiktoken's own "gpt2" reads two data-gym files instead; r50k_base has the same ranks, regex and
 # special token, so a local gpt2 is built from r50k_base.tiktoken.
@@ -49,13 +51,13 @@ def encoding_from_file(encoding: str, bpe_file: str) -> tiktoken.Encoding:
     path = Path(bpe_file).expanduser()
     url, expected = rank_file_source(encoding)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"tokenizer.bpe_file={bpe_file} does not exist. Pass the path of a local copy of "
             f"{url.rsplit('/', 1)[-1]} (sha256 {expected}), or drop tokenizer.bpe_file to download it."
         )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != expected:
-        raise ValueError(
+        raise ConfigError(
             f"tokenizer.bpe_file={bpe_file} has sha256 {digest}, but tiktoken expects {expected} "
             f"for {encoding} ({url.rsplit('/', 1)[-1]}). Pass the right file for "
             f"tokenizer.encoding={encoding}, or pick the tokenizer that matches this file."
@@ -74,7 +76,7 @@ def download_encoding(encoding: str) -> tiktoken.Encoding:
         return tiktoken.get_encoding(encoding)
     except (requests.RequestException, OSError) as err:
         url, sha256 = rank_file_source(encoding)
-        raise RuntimeError(
+        raise UnavailableInputError(
             f"Could not download the {encoding} tokenizer's BPE ranks ({type(err).__name__}: {err}). "
             f"Offline? Pass a local copy: tokenizer.bpe_file=/path/to/{url.rsplit('/', 1)[-1]} "
             f"(from {url}; it is checked against sha256 {sha256}), or point TIKTOKEN_CACHE_DIR at "
@@ -102,12 +104,15 @@ def split_for_batch(text: str, chunk_chars: int = 1 << 16) -> list[str]:
 
 
 class TiktokenTokenizer:
-    def __init__(self, encoding: str = "gpt2", bpe_file: str | None = None) -> None:
-        if encoding not in RANK_FILE_ENCODING:
-            raise ValueError(
-                f"tokenizer.encoding={encoding} is not one of {', '.join(RANK_FILE_ENCODING)}; "
-                "pick tokenizer=gpt2, tokenizer=cl100k or tokenizer=o200k."
-            )
+    def __init__(self, encoding: str, bpe_file: str | None) -> None:
+        check_value(
+            "tokenizer.encoding",
+            encoding,
+            str,
+            choices=tuple(RANK_FILE_ENCODING),
+            fix="Pick tokenizer=gpt2, tokenizer=cl100k or tokenizer=o200k.",
+        )
+        check_value("tokenizer.bpe_file", bpe_file, str, null="download it", fix="A local .tiktoken rank file.")
         self.name = encoding.removesuffix("_base")
         self.enc = encoding_from_file(encoding, bpe_file) if bpe_file else download_encoding(encoding)
         self.vocab_size = self.enc.n_vocab
