@@ -18,6 +18,8 @@ the fix, before any data is prepared.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
@@ -216,10 +218,18 @@ def register_configs() -> None:
 # ---------------------------------------------------------------- checks
 
 
+def _missing_keys(node: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if prefix or key != "hydra":  # a callback's config also holds hydra's own keys, not all set yet
+                yield from _missing_keys(value, f"{prefix}{key}.")
+    elif node == MISSING:
+        yield prefix.rstrip(".")
+
+
 def check_required(cfg: DictConfig, examples: dict[str, str]) -> None:
     """A mandatory value (`???`) left out: one paragraph instead of MissingMandatoryValue."""
-    task_keys = [k for k in cfg if k != "hydra"]  # a callback's config also holds hydra's own, unresolvable yet
-    missing = sorted(OmegaConf.missing_keys(OmegaConf.masked_copy(cfg, task_keys)))
+    missing = sorted(_missing_keys(OmegaConf.to_container(cfg, resolve=False)))
     if missing:
         example = " ".join(examples.get(k, f"{k}=...") for k in missing)
         raise ConfigError(
@@ -304,7 +314,7 @@ def reads_prepared_data(data_cfg: DictConfig) -> bool:
 
 
 DATA_DIR_FIX = "Prepare writes the tokenized data and a lock file there, even when the data is ready."
-RUN_DIR_WHY = "The run writes its log, metrics and checkpoints there."
+RUN_DIR_WHY = "Runs write their logs, metrics and checkpoints there."
 
 
 def validate_train(cfg: DictConfig, run_dir: Path | str | None = None, environment: bool = True) -> None:
@@ -337,6 +347,14 @@ def validate_prepare(cfg: DictConfig) -> None:
     check_writable_dir("paths.data_dir", cfg.paths.data_dir, "NANUGPT_DATA", why=DATA_DIR_FIX)
 
 
+@contextmanager
+def _exit_on_user_error() -> Iterator[None]:
+    try:
+        yield
+    except UserError as err:
+        raise SystemExit(f"Error: {err}") from None
+
+
 class ValidateAtStart(Callback):
     """train.yaml's `hydra.callbacks`: `validate_train` before Hydra creates the run dir and opens
     log.txt in it, so a bad value leaves no run dir behind and a run dir that cannot be created is
@@ -344,16 +362,13 @@ class ValidateAtStart(Callback):
     warnings, so a UserError ends the process here with SystemExit."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._validate(config, config.hydra.run.dir, environment=True)
+        with _exit_on_user_error():
+            validate_train(config, config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        # The values every job shares, before a launcher submits any; each job checks its own
-        # machine (a Slurm login node has no GPU) and its swept values when it starts.
-        self._validate(config, None, environment=False)
-
-    @staticmethod
-    def _validate(config: DictConfig, run_dir: str | None, environment: bool) -> None:
-        try:
-            validate_train(config, run_dir, environment)
-        except UserError as err:
-            raise SystemExit(f"Error: {err}") from None
+        # The values every job shares and the sweep dir, before a launcher submits any job; each
+        # job checks its own machine (a Slurm login node has no GPU) and its swept values.
+        with _exit_on_user_error():
+            validate_train(config, environment=False)
+            where = "paths.sweep_root (sweeps go under it) or hydra.sweep.dir"
+            check_writable_dir("hydra.sweep.dir", config.hydra.sweep.dir, set_instead=where, why=RUN_DIR_WHY)

@@ -111,7 +111,8 @@ def check_value(
         typed = (
             "a list" if isinstance(value, (list, ListConfig)) else "a mapping" if isinstance(value, Mapping) else None
         )
-        problem = "is not allowed" if value is None else f"is {typed or 'a ' + type(value).__name__}"
+        name = type(value).__name__
+        problem = "is not allowed" if value is None else f"is {typed or ('an ' if name[0] in 'aeiou' else 'a ') + name}"
     elif choices is not None:
         problem = "is unknown"
         if value in choices:

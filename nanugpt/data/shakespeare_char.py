@@ -39,6 +39,11 @@ class TinyShakespeare(TextSource):
         check_value("data.timeout_s", timeout_s, float, gt=0)
         self.cache_path = Path(cache_dir).expanduser() / "tinyshakespeare.txt"
         self.local_path = Path(local_path).expanduser() if local_path else None
+        if self.local_path is not None and not self.local_path.is_file():
+            raise MissingInputError(
+                f"data.local_path={self.local_path} does not exist; pass the path of a local "
+                "tinyshakespeare.txt, or drop data.local_path to download it."
+            )
         self.url, self.sha256, self.timeout_s = url, sha256, timeout_s
 
     def _checked(self, data: bytes, origin: str) -> bytes:
@@ -67,11 +72,6 @@ class TinyShakespeare(TextSource):
 
     def read_text(self) -> str:
         if self.local_path is not None:
-            if not self.local_path.is_file():
-                raise MissingInputError(
-                    f"data.local_path={self.local_path} does not exist; pass the path of a local "
-                    "tinyshakespeare.txt, or drop data.local_path to download it."
-                )
             data = self._checked(self.local_path.read_bytes(), f"data.local_path={self.local_path}")
         elif self.cache_path.is_file():
             data = self._checked(self.cache_path.read_bytes(), f"the cached copy {self.cache_path}")

@@ -17,6 +17,7 @@ class TextFiles(TextSource):
         check_value("data.glob", glob, str, fix="E.g. data.glob='**/*.txt' (files under data.path, when a directory).")
         self.path = Path(path).expanduser()
         self.glob = glob
+        self.files()  # a missing path or an empty directory fails now, not once preparing starts
 
     def files(self) -> list[Path]:
         if self.path.is_file():
