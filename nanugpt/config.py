@@ -12,7 +12,7 @@ The primary configs list their schema first in their defaults, so a misspelt key
 (`training.dtype=fp16`, which lists the valid ones) fails at composition with Hydra's message.
 A value out of range, a missing mandatory value or a machine that cannot run the config fails in
 `validate_train` / `validate_generate` / `validate_prepare` with one paragraph naming the key and
-the fix, before any data is prepared.
+the fix, before any data is prepared (`check_train_environment`: the device and dirs of a run).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from hydra.experimental.callback import Callback
 from hydra.utils import get_class
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from nanugpt.dist import check_device
 from nanugpt.errors import ConfigError, UserError, check_value
 
 
@@ -260,18 +261,6 @@ def check_ranges(cfg: DictConfig, schema: type, prefix: str = "") -> None:
             check_value(key, cfg[f.name], _numeric_kind(kind), **bounds, null=rule.null, fix=fix)
 
 
-def check_device(key: str, device: str) -> None:
-    import torch  # here: prepare needs no torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"{key}=cuda, but torch sees no CUDA device on this machine (torch {torch.__version__}, "
-            f"{'built for CUDA ' + torch.version.cuda if torch.version.cuda else 'a CPU-only build'}, "
-            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). Pass {key}=auto (or cpu) "
-            "to run on the CPU, or run where a GPU is visible."
-        )
-
-
 def check_writable_dir(
     key: str, path: str | Path, env_var: str | None = None, set_instead: str = "", why: str = ""
 ) -> None:
@@ -317,15 +306,18 @@ DATA_DIR_FIX = "Prepare writes the tokenized data and a lock file there, even wh
 RUN_DIR_WHY = "Runs write their logs, metrics and checkpoints there."
 
 
-def validate_train(cfg: DictConfig, run_dir: Path | str | None = None, environment: bool = True) -> None:
-    """Every check of `python -m nanugpt.train`'s own keys, before any work; with `environment`,
-    also whether this machine can run them (device, data dir, run dir). The data and tokenizer
-    plugins check their arguments when instantiated, which is also before any data is prepared."""
+def validate_train(cfg: DictConfig) -> None:
+    """Every value of `python -m nanugpt.train`'s own keys, before any work. The data and
+    tokenizer plugins check their arguments when instantiated, also before any data is prepared."""
     check_required(cfg, {"data.path": "data.path=/path/to/file.txt (or a directory)"})
     check_ranges(cfg, TrainConfig)
     check_resume(cfg.resume)
-    if not environment:
-        return
+
+
+def check_train_environment(cfg: DictConfig, run_dir: Path | str | None = None) -> None:
+    """Whether this machine can run the config: the device, the data dir and the run dir. Under
+    DDP, after joining the process group: a rank that fails here ends the others at once, where
+    one that never joined would leave them waiting for the rendezvous timeout."""
     check_device("training.device", cfg.training.device)
     if reads_prepared_data(cfg.data):
         check_writable_dir("paths.data_dir", cfg.paths.data_dir, "NANUGPT_DATA", why=DATA_DIR_FIX)
@@ -363,12 +355,14 @@ class ValidateAtStart(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with _exit_on_user_error():
-            validate_train(config, config.hydra.run.dir)
+            validate_train(config)
+            if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # a DDP rank checks its machine once in its group
+                check_train_environment(config, config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # The values every job shares and the sweep dir, before a launcher submits any job; each
         # job checks its own machine (a Slurm login node has no GPU) and its swept values.
         with _exit_on_user_error():
-            validate_train(config, environment=False)
+            validate_train(config)
             where = "paths.sweep_root (sweeps go under it) or hydra.sweep.dir"
             check_writable_dir("hydra.sweep.dir", config.hydra.sweep.dir, set_instead=where, why=RUN_DIR_WHY)

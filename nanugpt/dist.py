@@ -53,12 +53,22 @@ def _submitit_env() -> tuple[int, int, int] | None:
     return env.global_rank, env.local_rank, env.num_tasks
 
 
-def resolve_device(name: str, local_rank: int) -> torch.device:
+def check_device(key: str, name: str) -> None:
+    """`key`=cuda where torch sees no GPU: one paragraph saying what torch sees and the fix."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"{key}=cuda, but torch sees no CUDA device on this machine (torch {torch.__version__}, "
+            f"{'built for CUDA ' + torch.version.cuda if torch.version.cuda else 'a CPU-only build'}, "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). Pass {key}=auto (or cpu) "
+            "to run on the CPU, or run where a GPU is visible."
+        )
+
+
+def resolve_device(name: str, local_rank: int, key: str = "training.device") -> torch.device:
+    check_device(key, name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("training.device=cuda but no CUDA device is visible; use training.device=cpu or auto.")
         return torch.device("cuda", local_rank)
     return torch.device(name)
 

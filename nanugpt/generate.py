@@ -177,7 +177,7 @@ register_configs()
 @report_user_errors
 def main(cfg: DictConfig) -> list[str]:
     validate_generate(cfg)
-    device = resolve_device(cfg.device, 0)
+    device = resolve_device(cfg.device, 0, "device")
     ckpt = load_checkpoint(Path(cfg.ckpt), map_location=device)
     model, tokenizer = build_from_checkpoint(ckpt, device, cfg.trust_checkpoint, source=cfg.ckpt)
     prompts = [str(p) for p in cfg.prompts] if cfg.prompts else [str(cfg.prompt)]

@@ -38,7 +38,7 @@ from nanugpt.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from nanugpt.config import register_configs, validate_train
+from nanugpt.config import check_train_environment, register_configs, validate_train
 from nanugpt.data.loader import RandomWindowBatches, fixed_eval_batches
 from nanugpt.data.prepared import PreparedData, prepare
 from nanugpt.errors import ConfigError, NonFiniteLossError, report_user_errors
@@ -147,11 +147,12 @@ def evaluate(net: torch.nn.Module, batches: list, autocast: Any, info: dist.Dist
 
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
-    validate_train(cfg, run_dir)  # every value, the device and the dirs, before any work
+    validate_train(cfg)  # every value, before any work
     info = dist.init_distributed(cfg.training.device)
     stop = StopSignal()  # SIGTERM/SIGUSR2: checkpoint at the end of the step, then exit
     failed = True
     try:
+        check_train_environment(cfg, run_dir)  # the device, data dir and run dir, before any work
         run_dir = use_master_run_dir(run_dir, info)
         best = _train(cfg, run_dir, info, stop)
         failed = False

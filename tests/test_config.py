@@ -20,6 +20,7 @@ from nanugpt.config import (
     PathsConfig,
     PrepareConfig,
     TrainConfig,
+    check_train_environment,
     register_configs,
     validate_generate,
     validate_prepare,
@@ -287,7 +288,8 @@ def start(entry: str, cfg: DictConfig, groups: list[str], override: str | None =
     if override is not None:
         apply_override(cfg, override)
     if entry == "train":
-        validate_train(cfg, cfg.hydra.run.dir)
+        validate_train(cfg)
+        check_train_environment(cfg, cfg.hydra.run.dir)
     elif entry == "generate":
         validate_generate(cfg)
     else:
