@@ -302,7 +302,7 @@ def reads_prepared_data(data_cfg: DictConfig) -> bool:
         return True
 
 
-DATA_DIR_FIX = "Prepare writes the tokenized data and a lock file there, even when the data is ready."
+DATA_DIR_WHY = "Prepare writes the tokenized data and a lock file there, even when the data is ready."
 RUN_DIR_WHY = "Runs write their logs, metrics and checkpoints there."
 
 
@@ -320,13 +320,14 @@ def check_train_environment(cfg: DictConfig, run_dir: Path | str | None = None) 
     one that never joined would leave them waiting for the rendezvous timeout."""
     check_device("training.device", cfg.training.device)
     if reads_prepared_data(cfg.data):
-        check_writable_dir("paths.data_dir", cfg.paths.data_dir, "NANUGPT_DATA", why=DATA_DIR_FIX)
+        check_writable_dir("paths.data_dir", cfg.paths.data_dir, "NANUGPT_DATA", why=DATA_DIR_WHY)
     if run_dir is not None:
         where = "paths.output_root (run dirs go under it) or hydra.run.dir"
         check_writable_dir("hydra.run.dir", run_dir, set_instead=where, why=RUN_DIR_WHY)
 
 
 def validate_generate(cfg: DictConfig) -> None:
+    """Every value of `python -m nanugpt.generate`'s keys and its device, before the checkpoint loads."""
     check_required(cfg, {"ckpt": "ckpt=outputs/<date>/<time>/checkpoints/best.pt"})
     check_ranges(cfg, GenerateConfig)
     for i, stop in enumerate(cfg.stop or []):
@@ -335,8 +336,9 @@ def validate_generate(cfg: DictConfig) -> None:
 
 
 def validate_prepare(cfg: DictConfig) -> None:
+    """`python -m nanugpt.prepare`'s mandatory values and data dir; the plugins check their arguments."""
     check_required(cfg, {"data.path": "data.path=/path/to/file.txt (or a directory)"})
-    check_writable_dir("paths.data_dir", cfg.paths.data_dir, "NANUGPT_DATA", why=DATA_DIR_FIX)
+    check_writable_dir("paths.data_dir", cfg.paths.data_dir, "NANUGPT_DATA", why=DATA_DIR_WHY)
 
 
 @contextmanager
