@@ -46,14 +46,18 @@ def step_file_name(step: int) -> str:
     return f"step_{step:07d}.pt"
 
 
-def clean_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the `_orig_mod.` (torch.compile) and `module.` (DDP) prefixes wrappers add."""
-    cleaned = {}
-    for key, value in state_dict.items():
-        for prefix in ("_orig_mod.", "module."):
-            key = key.replace(prefix, "")
-        cleaned[key] = value
-    return cleaned
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DDP
+
+
+def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the prefixes that wrappers put in front of every key (a state dict saved from a
+    compiled or DDP-wrapped model, in any nesting). Only a prefix that every key carries is a
+    wrapper's: the same word on some keys, or inside a key, is a module's own name."""
+    while state_dict and (
+        prefix := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state_dict)), None)
+    ):
+        state_dict = {k.removeprefix(prefix): v for k, v in state_dict.items()}
+    return state_dict
 
 
 # ---- RNG state: every rank's, so a resumed DDP run draws the same dropout masks on every rank
@@ -337,7 +341,7 @@ def load_model_state(
 ) -> None:
     """load_state_dict, but a checkpoint built for another model shape gets one paragraph
     naming both shapes and the fix instead of a wall of size-mismatch lines."""
-    state_dict = clean_state_dict(state_dict)
+    state_dict = strip_wrapper_prefixes(state_dict)
     own = model.state_dict()
     shape_diffs = [
         f"{k}: checkpoint {tuple(v.shape)} vs config {tuple(own[k].shape)}"

@@ -9,6 +9,7 @@ still gives the full trace). Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -68,3 +69,40 @@ def report_user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
             raise _Reported(f"Error: {user_error}") from None
 
     return wrapper
+
+
+def check_range(
+    key: str,
+    value: Any,
+    low: float,
+    high: float = math.inf,
+    *,
+    fix: str,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+) -> None:
+    """Raise a ConfigError naming `key=value`, the range it must lie in and `fix`, unless `value`
+    is a number (an int when `integer`) between `low` and `high` (each bound included unless open)."""
+    kinds = int if integer else (int, float)
+    ok = (
+        isinstance(value, kinds)
+        and not isinstance(value, bool)
+        and (low < value if low_open else low <= value)
+        and (value < high if high_open else value <= high)
+    )
+    if ok:
+        return
+    if high == math.inf:
+        rule = f"{'>' if low_open else '>='} {low:g}"
+    elif low == -math.inf:
+        rule = f"{'<' if high_open else '<='} {high:g}"
+    else:
+        rule = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    raise ConfigError(f"{key}={value!r} must be {'an integer' if integer else 'a number'} {rule}. {fix}")
+
+
+def check_choice(key: str, value: Any, choices: tuple[Any, ...], *, fix: str) -> None:
+    """Raise a ConfigError naming `key=value`, the choices and `fix`, unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, choices))}. {fix}")

@@ -43,6 +43,16 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def ema(values: list[float], beta: float) -> list[float]:
+    """Bias-corrected exponential moving average (as Adam's moments and fastai's lr finder): the
+    first value is kept as it is, not pulled towards a zero start. `beta` 0 returns `values`."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, start=1):
+        avg = beta * avg + (1 - beta) * v
+        out.append(avg / (1 - beta**i))
+    return out
+
+
 def format_duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"

@@ -50,8 +50,16 @@ def peak_flops(device: torch.device, amp_dtype: torch.dtype) -> float | None:
         return None
     if amp_dtype in (torch.bfloat16, torch.float16):
         return table["bf16"]
-    tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
-    return table["tf32" if tf32 else "fp32"]
+    return table["tf32" if tf32_matmuls() else "fp32"]
+
+
+def tf32_matmuls() -> bool:
+    """Whether CUDA float32 matmuls run as TF32. torch >= 2.9 has one setting for it that both
+    its APIs write, and its legacy getters raise once the new API was used (train.py uses it)."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        return matmul.fp32_precision == "tf32"
+    return matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
 
 
 def git_state(path: Path) -> dict[str, Any]:

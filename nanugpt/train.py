@@ -31,7 +31,6 @@ if TYPE_CHECKING:  # torch.distributed.optim costs 1.2 s of import time; only Ze
 from nanugpt import dist
 from nanugpt.checkpoint import (
     all_rng_states,
-    clean_state_dict,
     find_resume_checkpoint,
     load_model_state,
     read_log,
@@ -138,7 +137,7 @@ def evaluate(net: torch.nn.Module, batches: list, autocast: Any, info: dist.Dist
     totals = torch.zeros(3, dtype=torch.float64, device=info.device)  # loss * count, correct, count
     for x, y in batches:
         with autocast:
-            _, loss, correct, count = net(x, y)
+            loss, correct, count = net(x, y)
         totals += torch.stack([loss.double() * count, correct.double(), count.double()])
     dist.all_reduce_sum(totals, info)
     net.train()
@@ -353,7 +352,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
         if evaluating and cfg.eval.checkpoint != "none":
             rng = all_rng_states()  # every rank's; a collective, so before the master-only save
             state = {
-                "model": clean_state_dict(model.state_dict()),
+                "model": model.state_dict(),
                 "optimizer": optimizer_state(optimizer, info, zero1),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
@@ -427,7 +426,7 @@ def train_step(
         # DDP all-reduces gradients only on the last micro-step.
         sync = not info.is_distributed or micro_step == accum - 1
         with contextlib.nullcontext() if sync else net.no_sync(), autocast:
-            _, loss, correct, count = net(x, y)
+            loss, correct, count = net(x, y)
         scaler.scale(loss / accum).backward()
         totals[:3] += torch.stack([loss.detach().double(), correct.double(), count.double()])
     totals[3] = float(stop_requested)

@@ -4,9 +4,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from nanugpt.config import register_configs
@@ -41,6 +43,17 @@ def compose_train(overrides: list[str] | None = None, config_name: str = "train"
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name=config_name, overrides=overrides or [])
+
+
+def options(group: str) -> list[str]:
+    """The options of a config group: one YAML file each."""
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+def plugin(group: str, *overrides: str) -> Any:
+    """What `instantiate(cfg.<group>)` gives for these overrides (a `_partial_` factory for
+    optim, sched and scaler): each option's defaults come from its YAML, as in training."""
+    return instantiate(compose_train(list(overrides))[group])
 
 
 def run_cli(

@@ -49,9 +49,22 @@ KNOWN_IDS = {
 VOCAB = {"gpt2": 50257, "cl100k_base": 100277, "o200k_base": 200019}
 
 
+def block_downloads(mp: pytest.MonkeyPatch, cache: Path) -> None:
+    """Offline for real: an empty tiktoken cache and every HTTPS request sent to a closed port."""
+    mp.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+    mp.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    for var in ("NO_PROXY", "no_proxy"):
+        mp.delenv(var, raising=False)
+
+
 @pytest.fixture(scope="module")
-def tiktokens(tiktoken_rank_file):
-    return {enc: TiktokenTokenizer(enc, tiktoken_rank_file(enc)) for enc in VOCAB}
+def tiktokens(tiktoken_rank_file, tmp_path_factory):
+    # Built with downloads blocked: tiktoken finds each local file only under the URL and sha256
+    # it expects, so this also checks RANK_FILES against tiktoken's own.
+    files = {enc: tiktoken_rank_file(enc) for enc in VOCAB}
+    with pytest.MonkeyPatch.context() as mp:
+        block_downloads(mp, tmp_path_factory.mktemp("tiktoken-cache"))
+        return {enc: TiktokenTokenizer(enc, files[enc]) for enc in VOCAB}
 
 
 @pytest.mark.parametrize("encoding", list(VOCAB))
@@ -87,11 +100,7 @@ def test_tiktoken_missing_local_file_and_unknown_encoding_are_clear(tmp_path):
 
 
 def test_tiktoken_offline_download_is_a_clear_error(tmp_path, monkeypatch):
-    # Offline for real: an empty tiktoken cache and every HTTPS request sent to a closed port.
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
-    for var in ("NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(var, raising=False)
+    block_downloads(monkeypatch, tmp_path)
     with pytest.raises(RuntimeError, match=r"tokenizer.bpe_file=/path/to/cl100k_base.tiktoken .*223921b7"):
         TiktokenTokenizer("cl100k_base")
 

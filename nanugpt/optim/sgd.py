@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from nanugpt.optim.adamw import param_groups
+from nanugpt.errors import check_range
+from nanugpt.optim.adamw import check_lr_and_decay, param_groups
 
 
-def sgd(
-    model: nn.Module, lr: float = 0.1, momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 0.0
-) -> torch.optim.SGD:
+def sgd(model: nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float) -> torch.optim.SGD:
+    check_lr_and_decay(lr, weight_decay)
+    check_range("optim.momentum", momentum, 0, 1, high_open=True, fix="Set 0 for plain SGD, or e.g. 0.9.")
     return torch.optim.SGD(
         param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0
     )

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from nanugpt.metrics import read_metrics
+from nanugpt.errors import check_range
+from nanugpt.metrics import ema, read_metrics
 
 
 def range_test_lr(step: int, max_steps: int, min_lr: float, max_lr: float) -> float:
@@ -25,22 +26,24 @@ def range_test_lr(step: int, max_steps: int, min_lr: float, max_lr: float) -> fl
     return min_lr * (max_lr / min_lr) ** (min(step, max_steps - 1) / max(1, max_steps - 1))
 
 
-def lr_range_test(
-    optimizer: torch.optim.Optimizer, max_steps: int, min_lr: float = 1e-5, max_lr: float = 1.0
-) -> LambdaLR:
-    if not 0 < min_lr < max_lr:
-        raise ValueError(f"sched.min_lr={min_lr} and sched.max_lr={max_lr} must satisfy 0 < min_lr < max_lr.")
+def lr_range_test(optimizer: torch.optim.Optimizer, max_steps: int, min_lr: float, max_lr: float) -> LambdaLR:
+    check_range(
+        "sched.max_steps",
+        max_steps,
+        1,
+        integer=True,
+        fix="It follows training.max_steps unless set itself; set a positive step count (a few hundred).",
+    )
+    check_range("sched.min_lr", min_lr, 0, low_open=True, fix="Set the lr the test starts from, e.g. 1e-5.")
+    check_range(
+        "sched.max_lr",
+        max_lr,
+        min_lr,
+        low_open=True,
+        fix=f"The test raises the lr from sched.min_lr={min_lr} to it: set it above that, e.g. 1.0.",
+    )
     base_lr = optimizer.param_groups[0]["lr"]
     return LambdaLR(optimizer, lambda step: range_test_lr(step, max_steps, min_lr, max_lr) / base_lr)
-
-
-def smooth(values: list[float], beta: float = 0.9) -> list[float]:
-    """Bias-corrected exponential moving average (as fastai's lr finder)."""
-    out, avg = [], 0.0
-    for i, v in enumerate(values, start=1):
-        avg = beta * avg + (1 - beta) * v
-        out.append(avg / (1 - beta**i))
-    return out
 
 
 def suggest_lr(lrs: list[float], losses: list[float], beta: float = 0.9) -> dict[str, float]:
@@ -53,7 +56,7 @@ def suggest_lr(lrs: list[float], losses: list[float], beta: float = 0.9) -> dict
             f"An lr range test needs at least 10 finite steps to suggest an lr; got {len(finite)}. Raise "
             "training.max_steps."
         )
-    lrs, losses = [lr for lr, _ in finite], smooth([loss for _, loss in finite], beta)
+    lrs, losses = [lr for lr, _ in finite], ema([loss for _, loss in finite], beta)
     i_min = min(range(len(losses)), key=losses.__getitem__)
     skip = max(1, len(losses) // 10)  # the EMA's first steps are noise
     slopes = [
@@ -83,7 +86,7 @@ def plot_lr_range_test(run_dir: str | Path, out: str | Path | None = None) -> tu
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(lrs, losses, color="0.75", lw=0.8, label="train loss")
-    ax.plot(lrs, smooth(losses), color="C0", lw=2, label="smoothed")
+    ax.plot(lrs, ema(losses, 0.9), color="C0", lw=2, label="smoothed")
     ax.axvline(s["suggested_lr"], color="C2", ls="--", label=f"suggested lr {s['suggested_lr']:.2g} (min / 10)")
     ax.axvline(s["steepest_lr"], color="C1", ls=":", label=f"steepest descent {s['steepest_lr']:.2g}")
     ax.axvline(s["min_loss_lr"], color="C3", ls=":", label=f"min loss {s['min_loss_lr']:.2g}")
