@@ -8,9 +8,8 @@ from hydra.utils import get_object, instantiate
 from omegaconf import OmegaConf
 
 from nanugpt.errors import ConfigError, find_user_error
-from nanugpt.models.gpt import GPT
 
-from .conftest import compose_train, options
+from .conftest import build_model, compose_train, options
 
 GROUPS = ["model", "data", "tokenizer", "optim", "sched", "loss", "scaler"]
 # The plugin groups whose constructors take every value from their YAML.
@@ -42,7 +41,7 @@ def build(group: str, overrides: list[str]):
     cfg = compose_train(overrides)
     made = instantiate(cfg[group])
     if group == "optim":
-        return made(GPT(vocab_size=16, context_length=8, n_layer=1, n_head=2, n_embd=16))
+        return made(build_model("gpt_tiny", vocab_size=16, context_length=8, n_layer=1, n_head=2, n_embd=16))
     if group == "sched":
         return made(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3))
     if group == "scaler":

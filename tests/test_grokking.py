@@ -9,8 +9,6 @@ from nanugpt.data.examples import IGNORE_INDEX, ExampleBatches, eval_batches
 from nanugpt.data.grokking import ModularArithmetic, modular_table
 from nanugpt.losses.autoregressive import AutoregressiveLoss
 from nanugpt.losses.grokking import LastTokenLoss
-from nanugpt.models.tiny_transformer import TinyTransformer
-from nanugpt.sampling import generate
 from nanugpt.tokenizers.grokking import GrokkingTokenizer
 from nanugpt.train import train
 
@@ -109,27 +107,6 @@ def test_eval_batches_hold_the_whole_split_across_ranks():
     assert torch.equal(whole, inputs)
     parts = [x for r in range(3) for x, _ in eval_batches(inputs, inputs, 4, r, 3, CPU)]
     assert sorted(torch.cat(parts)[:, 0].tolist()) == inputs[:, 0].tolist()
-
-
-def test_tiny_transformer_is_causal_and_reports_its_size():
-    model = TinyTransformer(vocab_size=20, context_length=6, n_layer=2, n_head=4, n_embd=32)
-    idx = torch.randint(0, 20, (3, 6))
-    out = model.logits(model(idx))
-    assert out.shape == (3, 6, 20)
-    changed = idx.clone()
-    changed[:, -1] = (changed[:, -1] + 1) % 20
-    assert torch.allclose(model.logits(model(changed))[:, :-1], out[:, :-1], atol=1e-6)  # no peeking ahead
-    assert model.num_params() == sum(p.numel() for p in model.parameters())
-    assert model.flops_per_token() > 6 * model.num_params(non_embedding=True)
-    with pytest.raises(ValueError, match="context_length=6"):
-        model(torch.zeros(1, 7, dtype=torch.long))
-    with torch.no_grad():  # larger weights than init, so greedy decoding does not repeat one token
-        for p in model.parameters():
-            p.mul_(6.0 if p.dim() >= 2 else 1.0)
-    prompt = torch.tensor([[1, 2, 3], [7, 8, 9]])
-    cached = generate(model, prompt, 20, temperature=0, use_cache=True)  # the shared decode API
-    assert torch.equal(cached, generate(model, prompt, 20, temperature=0, use_cache=False))
-    assert len(set(cached[0, 3:].tolist())) > 2
 
 
 @pytest.mark.parametrize(

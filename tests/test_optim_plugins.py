@@ -7,13 +7,10 @@ import pytest
 import torch
 
 from nanugpt.errors import CheckpointError
-from nanugpt.models.gpt import GPT
-from nanugpt.models.gpt_modern import GPTModern
-from nanugpt.models.llama import Llama
 from nanugpt.optim import state_bytes
 from nanugpt.optim.muon import Muon, MuonWithAdamW, muon_param_groups, newton_schulz
 
-from .conftest import plugin
+from .conftest import build_model, plugin
 
 V = 40
 
@@ -26,9 +23,10 @@ def cosine(*overrides: str):
     return plugin("sched", "sched=cosine", *overrides)
 
 
-def llama() -> Llama:
-    torch.manual_seed(0)
-    return Llama(vocab_size=V, context_length=8, n_layer=2, n_head=2, n_kv_head=1, n_embd=16, intermediate_size=32)
+def llama() -> torch.nn.Module:
+    return build_model(
+        "llama_tiny", vocab_size=V, context_length=8, n_head=2, n_kv_head=1, n_embd=16, intermediate_size=32
+    )
 
 
 def train_steps(model, optimizer, steps: int, seed: int = 0) -> None:
@@ -63,7 +61,7 @@ def test_muon_groups_hidden_matrices_apart_from_embeddings_head_and_norms():
 
 
 def test_muon_treats_a_tied_head_as_the_embedding_once():
-    model = GPT(vocab_size=V, context_length=8, n_layer=1, n_head=2, n_embd=16)
+    model = build_model("gpt_tiny", vocab_size=V, context_length=8, n_layer=1, n_head=2, n_embd=16)
     groups = muon_param_groups(model)
     assert names(model, groups["embed"]) == {"transformer.wpe.weight", "transformer.wte.weight"}  # wte is lm_head
     assert groups["head"] == [] and all(p.dim() == 2 for p in groups["hidden"])
@@ -207,7 +205,7 @@ def test_sgd_momentum_trains_and_decays_matrices_only():
 
 
 def test_optimizer_state_size_counts_moments_and_momentum_buffers():
-    model = GPTModern(vocab_size=V, context_length=8, n_layer=2, n_head=2, n_embd=16)
+    model = build_model("gpt_modern", vocab_size=V, context_length=8, n_head=2, n_embd=16)
     n_params = sum(p.numel() for p in model.parameters())
     hidden = sum(p.numel() for p in muon_param_groups(model)["hidden"])
     for option, expected in [

@@ -7,16 +7,16 @@ import pytest
 import torch
 
 from nanugpt.errors import ConfigError
-from nanugpt.models.llama import Llama
 from nanugpt.scalers.amp import AmpScaler
 from nanugpt.scalers.per_tensor_norm import PerTensorNormScaler
 
-from .conftest import plugin
+from .conftest import build_model, plugin
 
 
 def model_and_loss():
-    torch.manual_seed(0)
-    model = Llama(vocab_size=30, context_length=8, n_layer=2, n_head=2, n_embd=16, intermediate_size=32)
+    model = build_model(
+        "llama_tiny", vocab_size=30, context_length=8, n_head=2, n_kv_head=2, n_embd=16, intermediate_size=32
+    )
     idx = torch.randint(0, 30, (4, 8))
     loss = torch.nn.functional.cross_entropy(model.logits(model(idx)).reshape(-1, 30), idx.roll(-1, 1).reshape(-1))
     return model, loss
