@@ -34,6 +34,7 @@ class TrainingConfig:
 class EvalConfig:
     every: int = 100  # evaluate (and checkpoint) every this many steps, and at the last step
     iters: int = 20  # val batches per evaluation; the same batches every time
+    test_iters: int = 100  # test batches, evaluated once at the end (data sets with a test split); 0 skips it
     checkpoint: str = "best_and_last"  # best_and_last | last | none
     keep_last: int = 2  # step-numbered checkpoints kept besides last.pt/best.pt (hard links, no extra disk)
 

@@ -66,6 +66,8 @@ def console_line(row: dict[str, Any], max_steps: int, eta_s: float) -> str:
     parts = [f"step {row['step']:>{len(str(max_steps))}}/{max_steps}", f"loss {row['train/loss']:.4f}"]
     if "val/loss" in row:
         parts.append(f"val {row['val/loss']:.4f}")
+    if "test/loss" in row:
+        parts.append(f"test {row['test/loss']:.4f}")
     parts += [
         f"acc {row['train/acc']:.3f}",
         f"lr {row['run/lr']:.2e}",

@@ -38,8 +38,8 @@ from nanugpt.checkpoint import (
     save_checkpoint,
 )
 from nanugpt.config import register_configs
-from nanugpt.data.loader import RandomWindowBatches, fixed_eval_batches
-from nanugpt.data.prepared import PreparedData, prepare
+from nanugpt.data.build import build_data
+from nanugpt.data.contract import BatchSpec
 from nanugpt.errors import ConfigError, NonFiniteLossError, report_user_errors
 from nanugpt.metrics import format_duration
 from nanugpt.models.with_loss import ModelWithLoss
@@ -51,19 +51,6 @@ from nanugpt.utils import CONF_DIR, seed_everything
 log = logging.getLogger("nanugpt.train")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def grad_accum_steps(global_batch_size: int, device_batch_size: int, world_size: int) -> int:
-    per_step = device_batch_size * world_size
-    if global_batch_size % per_step != 0:
-        raise ConfigError(
-            f"training.global_batch_size={global_batch_size} is not divisible by "
-            f"training.device_batch_size={device_batch_size} x world_size={world_size} = {per_step}. "
-            f"Pick a global batch that is a multiple of {per_step} (e.g. "
-            f"{max(per_step, global_batch_size // per_step * per_step)}), "
-            "or change device_batch_size."
-        )
-    return global_batch_size // per_step
 
 
 def autocast_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -90,16 +77,6 @@ def configure_matmul_precision(device: torch.device) -> None:
     else:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-
-
-def prepare_data(cfg: DictConfig) -> PreparedData:
-    return prepare(
-        source=instantiate(cfg.data),
-        tokenizer=instantiate(cfg.tokenizer),
-        data_dir=cfg.paths.data_dir,
-        data_cfg=OmegaConf.to_container(cfg.data, resolve=True),
-        tokenizer_cfg=OmegaConf.to_container(cfg.tokenizer, resolve=True),
-    )
 
 
 def set_vocab_size(cfg: DictConfig, data_vocab_size: int) -> None:
@@ -132,7 +109,9 @@ def check_compile_works(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def evaluate(net: torch.nn.Module, batches: list, autocast: Any, info: dist.DistInfo) -> dict[str, float]:
+def evaluate(
+    net: torch.nn.Module, batches: list, autocast: Any, info: dist.DistInfo, split: str = "val"
+) -> dict[str, float]:
     net.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=info.device)  # loss * count, correct, count
     for x, y in batches:
@@ -142,7 +121,8 @@ def evaluate(net: torch.nn.Module, batches: list, autocast: Any, info: dist.Dist
     dist.all_reduce_sum(totals, info)
     net.train()
     loss = (totals[0] / totals[2]).item()
-    return {"val/loss": loss, "val/acc": (totals[1] / totals[2]).item(), "val/ppl": math.exp(min(loss, 50.0))}
+    acc = (totals[1] / totals[2]).item()
+    return {f"{split}/loss": loss, f"{split}/acc": acc, f"{split}/ppl": math.exp(min(loss, 50.0))}
 
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
@@ -181,42 +161,18 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
             logger_or_handler.setLevel(logging.WARNING)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    accum = grad_accum_steps(tcfg.global_batch_size, tcfg.device_batch_size, info.world_size)
+    # An indivisible global batch fails here, before anything is loaded.
+    spec = BatchSpec.from_config(cfg, info.rank, info.world_size, info.device)
+    accum = spec.grad_accum_steps
     amp_dtype = autocast_dtype(tcfg.dtype, info.device)
     configure_matmul_precision(info.device)
     seed_everything(tcfg.seed)
 
-    # ---- data: a text corpus is tokenized once into a cache keyed by data + tokenizer config and
-    # read as random windows; example data (grokking, arithmetic: one row each, answer-only
-    # targets) brings its own batches, and evaluates on its whole val split.
-    source = instantiate(cfg.data)
-    context_length = cfg.model.context_length
-    if hasattr(source, "batches"):
-        data = source.batches(
-            instantiate(cfg.tokenizer),
-            tcfg.global_batch_size,
-            tcfg.device_batch_size,
-            info.rank,
-            info.world_size,
-            tcfg.seed,
-            info.device,
-        )
-        train_batches, val_batches = data.train_batches, data.val_batches
-    else:
-        data = prepare_data(cfg)
-        train_batches = RandomWindowBatches(
-            data.train,
-            context_length,
-            tcfg.global_batch_size,
-            tcfg.device_batch_size,
-            info.rank,
-            info.world_size,
-            tcfg.seed,
-            info.device,
-        )
-        val_batches = fixed_eval_batches(
-            data.val, context_length, tcfg.device_batch_size, cfg.eval.iters, info.rank, info.world_size, info.device
-        )
+    # ---- data: token streams (a text corpus tokenized once into a cache, or pre-tokenized shard
+    # files) read as random windows; example data (grokking, arithmetic: one row each, answer-only
+    # targets) as shuffled rows, evaluated on its whole val split. See nanugpt/data/build.py.
+    data = build_data(cfg, spec)
+    context_length = spec.context_length
     set_vocab_size(cfg, data.vocab_size)
 
     # ---- model, loss, optimizer, schedule
@@ -255,7 +211,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        train_batches.load_state_dict(ckpt["data"])
+        data.train.load_state_dict(ckpt["data"])
         restore_rng_state(ckpt["rng"], info.rank, info.world_size)
         start_step, best_val_loss = ckpt["step"], ckpt["best_val_loss"]
         log.info("Resumed from %s at step %d (best val loss %.4f)", resume_path, start_step, best_val_loss)
@@ -292,7 +248,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
     for step in range(start_step + 1, tcfg.max_steps + 1):  # `step` counts completed optimizer steps
         t0 = time.perf_counter()
         stats = train_step(
-            net, model, optimizer, scheduler, scaler, train_batches, autocast, info, tcfg.grad_clip, stop.requested
+            net, model, optimizer, scheduler, scaler, data.train, autocast, info, tcfg.grad_clip, stop.requested
         )
         preempted = stats.stop  # a rank got SIGTERM/SIGUSR2: all finish this step, checkpoint, stop
         if stats.nonfinite and not tcfg.skip_nonfinite:
@@ -337,13 +293,15 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
         is_last = step == tcfg.max_steps
         evaluating = step % cfg.eval.every == 0 or is_last or preempted
         if evaluating:
-            row.update(evaluate(net, val_batches, autocast, info))
+            row.update(evaluate(net, data.val, autocast, info))
             if not math.isfinite(row["val/loss"]):  # the weights themselves are broken: never checkpoint them
                 raise nonfinite_error(f"the val loss is {row['val/loss']}", step, ckpt_dir, skippable=False)
             last_val_loss = row["val/loss"]
             row["val/generalization_gap"] = row["val/loss"] - stats.loss
             is_best = row["val/loss"] < best_val_loss
             best_val_loss = min(best_val_loss, row["val/loss"])
+            if is_last and data.test is not None:  # once, in the final row: eval.test_iters batches
+                row.update(evaluate(net, data.test, autocast, info, "test"))
 
         # The row before the checkpoint: a run killed in between redoes this step and rewrites
         # its row; the other order would resume after a step whose row was never written.
@@ -356,7 +314,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
                 "optimizer": optimizer_state(optimizer, info, zero1),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
-                "data": train_batches.state_dict(),
+                "data": data.train.state_dict(),
                 "rng": rng,
                 "step": step,
                 "best_val_loss": best_val_loss,

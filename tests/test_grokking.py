@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
+from nanugpt.data.contract import BatchSpec
 from nanugpt.data.examples import IGNORE_INDEX, ExampleBatches, eval_batches
 from nanugpt.data.grokking import ModularArithmetic, modular_table
 from nanugpt.losses.autoregressive import AutoregressiveLoss
@@ -13,8 +14,6 @@ from nanugpt.tokenizers.grokking import GrokkingTokenizer
 from nanugpt.train import train
 
 from .conftest import compose_train
-
-CPU = torch.device("cpu")
 
 
 def test_tokenizer_has_one_token_per_number_and_round_trips():
@@ -82,13 +81,13 @@ def test_last_token_loss_reads_only_the_last_position():
 def test_example_batches_split_ranks_cover_epochs_and_resume_exactly():
     inputs = torch.arange(40).view(20, 2)
     targets = inputs + 100
-    single = ExampleBatches(inputs, targets, 8, 4, 0, 1, seed=3, device=CPU)
-    ranks = [ExampleBatches(inputs, targets, 8, 2, r, 2, seed=3, device=CPU) for r in range(2)]
+    single = ExampleBatches(inputs, targets, BatchSpec(2, 8, 4, seed=3))
+    ranks = [ExampleBatches(inputs, targets, BatchSpec(2, 8, 2, rank=r, world_size=2, seed=3)) for r in range(2)]
     for _ in range(5):  # 40 rows drawn: two whole epochs of 20
         one = torch.cat([x for x, _ in single.next_step()])
         both = torch.cat([x for rank in ranks for x, _ in rank.next_step()])
         assert sorted(one[:, 0].tolist()) == sorted(both[:, 0].tolist())
-    epoch = ExampleBatches(inputs, targets, 4, 4, 0, 1, seed=0, device=CPU)
+    epoch = ExampleBatches(inputs, targets, BatchSpec(2, 4, 4, seed=0))
     rows = torch.cat([epoch.next_step()[0][0] for _ in range(5)])
     assert sorted(rows[:, 0].tolist()) == list(range(0, 40, 2))  # each row once per epoch
     x, y = epoch.next_step()[0]
@@ -103,9 +102,9 @@ def test_example_batches_split_ranks_cover_epochs_and_resume_exactly():
 
 def test_eval_batches_hold_the_whole_split_across_ranks():
     inputs = torch.arange(50).view(25, 2)
-    whole = torch.cat([x for x, _ in eval_batches(inputs, inputs, 4, 0, 1, CPU)])
+    whole = torch.cat([x for x, _ in eval_batches(inputs, inputs, BatchSpec(2, 12, 4))])
     assert torch.equal(whole, inputs)
-    parts = [x for r in range(3) for x, _ in eval_batches(inputs, inputs, 4, r, 3, CPU)]
+    parts = [x for r in range(3) for x, _ in eval_batches(inputs, inputs, BatchSpec(2, 12, 4, rank=r, world_size=3))]
     assert sorted(torch.cat(parts)[:, 0].tolist()) == inputs[:, 0].tolist()
 
 

@@ -5,17 +5,18 @@ import pytest
 import torch
 
 from nanugpt.checkpoint import load_checkpoint, read_log
+from nanugpt.data.contract import BatchSpec
 from nanugpt.generate import build_from_checkpoint
 from nanugpt.metrics import read_metrics
-from nanugpt.train import grad_accum_steps, train
+from nanugpt.train import train
 
 from .conftest import REPO, TINY, compose_train, run_cli
 
 
 def test_grad_accum_steps_divides_or_explains():
-    assert grad_accum_steps(32, 8, 2) == 2
+    assert BatchSpec(16, 32, 8, rank=1, world_size=2).grad_accum_steps == 2
     with pytest.raises(ValueError, match=r"global_batch_size=30 .*device_batch_size=8 x world_size=2"):
-        grad_accum_steps(30, 8, 2)
+        BatchSpec(16, 30, 8, world_size=2)
 
 
 @pytest.fixture(scope="module")
