@@ -54,8 +54,8 @@ class TokenWindows:
             longest = max((len(s) for s in self.shards), default=0)
             raise ConfigError(
                 f"The {split} split has {sum(len(s) for s in self.shards):,} tokens"
-                + (f" in {len(self.shards)} shards, the longest {longest:,}," if len(self.shards) > 1 else "")
-                + f" fewer than one context window of {context_length} + 1: use more text, a smaller "
+                + (f" in {len(self.shards)} shards, the longest {longest:,}" if len(self.shards) > 1 else "")
+                + f", fewer than one context window of {context_length} + 1: use more text, a smaller "
                 "model.context_length, or a different data.val_fraction."
             )
 
