@@ -47,6 +47,7 @@ from nanugpt.models.with_loss import ModelWithLoss
 from nanugpt.observe import RunObserver, peak_flops
 from nanugpt.optim import state_bytes
 from nanugpt.preemption import StopSignal
+from nanugpt.resume import log_config_changes, restore_optimizer_and_schedule, restore_scaler
 from nanugpt.utils import CONF_DIR, seed_everything
 
 log = logging.getLogger("nanugpt.train")
@@ -253,9 +254,10 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
         resume_path, ckpt = resumed
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
         load_model_state(model, ckpt["model"], resume_path, ckpt.get("config", {}).get("model"), model_cfg)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        # The checkpoint's optimizer state, schedule position and loss scale; this config's hyperparameters
+        restore_optimizer_and_schedule(optimizer, scheduler, ckpt["optimizer"], ckpt["scheduler"])
+        restore_scaler(scaler, ckpt["scaler"])
+        log_config_changes(ckpt.get("config"), OmegaConf.to_container(cfg, resolve=True))
         train_batches.load_state_dict(ckpt["data"])
         restore_rng_state(ckpt["rng"], info.rank, info.world_size)
         start_step, best_val_loss = ckpt["step"], ckpt["best_val_loss"]
