@@ -48,6 +48,7 @@ from nanugpt.observe import RunObserver, peak_flops
 from nanugpt.optim import state_bytes
 from nanugpt.preemption import StopSignal
 from nanugpt.resume import log_config_changes, restore_optimizer_and_schedule, restore_scaler
+from nanugpt.rundir import RunDirInUseError, hold_run_dir, move_file_logs
 from nanugpt.utils import CONF_DIR, seed_everything
 
 log = logging.getLogger("nanugpt.train")
@@ -153,11 +154,13 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     failed = True
     try:
         run_dir = use_master_run_dir(run_dir, info)
-        best = _train(cfg, run_dir, info, stop)
+        with hold_run_dir(run_dir, info):  # refused while another process trains in this dir
+            best = _train(cfg, run_dir, info, stop)
         failed = False
         return best
     except BaseException as e:
-        if not (isinstance(e, SystemExit) and stop.requested):  # a preempted run is not a failed one
+        # A preempted run is not a failed one; a refused one never started (log.txt is the other run's).
+        if not (isinstance(e, SystemExit) and stop.requested) and not isinstance(e, RunDirInUseError):
             log.error("Run failed: %s: %s", type(e).__name__, e)  # the line `nanugpt.report` reads as failed
         raise
     finally:
@@ -166,12 +169,13 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
 
 
 def use_master_run_dir(run_dir: Path, info: dist.DistInfo) -> Path:
-    """Under torchrun every rank composes its own config, and `${now:...}` in hydra.run.dir can
-    resolve a second apart: all ranks use rank 0's run dir (for resume=auto too), and a rank's
-    own dir, if different, is removed when Hydra's files are all it holds."""
+    """Under torchrun every rank composes its own config, and `${now:...}` in hydra.run.dir
+    resolves to a different microsecond in each: all ranks use rank 0's run dir (for resume=auto
+    too), and a rank's own dir, if different, is removed when Hydra's files are all it holds."""
     master_dir = Path(dist.broadcast_object(str(run_dir), info))
     if master_dir != run_dir and {p.name for p in run_dir.iterdir()} <= {".hydra", "log.txt"}:
         shutil.rmtree(run_dir, ignore_errors=True)
+        move_file_logs(run_dir, master_dir)  # this rank's warnings go to rank 0's log.txt
     return master_dir
 
 
