@@ -150,7 +150,7 @@ def evaluate(net: torch.nn.Module, batches: list, autocast: Any, info: dist.Dist
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
     info = dist.init_distributed(cfg.training.device)
-    stop = StopSignal()  # SIGTERM/SIGUSR2: checkpoint at the end of the step, then exit
+    stop = StopSignal()  # SIGTERM/SIGUSR2/SIGINT: checkpoint at the end of the step, then exit
     failed = True
     try:
         run_dir = use_master_run_dir(run_dir, info)
@@ -301,7 +301,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
         stats = train_step(
             net, model, optimizer, scheduler, scaler, train_batches, autocast, info, tcfg.grad_clip, stop.requested
         )
-        preempted = stats.stop  # a rank got SIGTERM/SIGUSR2: all finish this step, checkpoint, stop
+        preempted = stats.stop  # a rank got SIGTERM/SIGUSR2/SIGINT: all finish this step, checkpoint, stop
         if stats.nonfinite and not tcfg.skip_nonfinite:
             raise nonfinite_error(
                 f"the train loss is {stats.loss} and the grad norm {stats.grad_norm}", step, ckpt_dir, skippable=True
@@ -381,11 +381,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
                 )
         if preempted:
             if info.is_master:
-                log.warning(
-                    "Stopping at step %d on a preemption/time-limit signal, checkpointed: resume=auto continues from "
-                    "it.",
-                    step,
-                )
+                log.warning(stop.message(step, run_dir, checkpointed=cfg.eval.checkpoint != "none"))
             break
 
     observer.close()
