@@ -34,7 +34,7 @@ import torch.distributed as torch_dist
 import yaml
 
 from nanugpt.errors import CheckpointError
-from nanugpt.utils import atomic_write, fsync_dir
+from nanugpt.utils import atomic_write, fsync_dir, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,7 @@ def save_checkpoint(
     """Write `step_<step>.pt`, point last.pt (and best.pt when `is_best`) at it, log it, and
     delete step files beyond the newest `keep_last`. Returns the step file."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ckpt_dir.glob(".*.tmp"):  # left by a save that was killed; only rank 0 saves
-        stale.unlink(missing_ok=True)
+    remove_stale_temp_files(ckpt_dir)  # left by a save that was killed; only rank 0 saves
     path = ckpt_dir / step_file_name(step)
     with _save_errors(ckpt_dir, path, step):
         atomic_write(path, lambda f: torch.save(state, f))
@@ -167,8 +166,10 @@ def save_checkpoint(
 
         step_files = _step_files(ckpt_dir)
         doomed = {p.name for _, p in step_files[: max(len(step_files) - keep_last, 0)]}
+        # One entry per file: last.pt (and best.pt when is_best) now point at this save.
+        replaced = doomed | {"last.pt"} | ({"best.pt"} if is_best else set())
         entries = [
-            e for e in read_log(ckpt_dir) if e.get("path") not in doomed and (ckpt_dir / str(e.get("path"))).is_file()
+            e for e in read_log(ckpt_dir) if e.get("path") not in replaced and (ckpt_dir / str(e.get("path"))).is_file()
         ]
         if path.name not in doomed:
             entries.append({"step": step, "path": path.name, "val_loss": val_loss})

@@ -44,8 +44,8 @@ class WandbConfig:
     mode: str | None = None  # online | offline | disabled; null: WANDB_MODE, else online if logged in, else disabled
     project: str = "nanugpt"
     entity: str | None = None
-    name: str | None = None  # null: from the run dir (<date>/<time>, or <date>/<time>/<job> in a sweep)
-    group: str | None = None  # null: the sweep (<date>/<time>) for sweep jobs
+    name: str | None = None  # null: from the run dir (<date>/<time>-<us>, or <date>/<time>-<us>/<job> in a sweep)
+    group: str | None = None  # null: the sweep (<date>/<time>-<us>) for sweep jobs
     tags: list[str] = field(default_factory=list)
 
 

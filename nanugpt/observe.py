@@ -98,9 +98,12 @@ def wandb_mode(mode: str | None) -> str:
 
 def default_run_name(run_dir: Path) -> tuple[str, str | None]:
     """(name, group) from the run dir: `<date>/<time>` for a run, `<date>/<time>/<job>` in a
-    sweep, where the sweep `<date>/<time>` is the group."""
+    sweep, where the sweep `<date>/<time>` is the group. The default dirs' time has microseconds
+    (`14-05-09-482913`), so runs started in the same second get names of their own."""
     run_dir = run_dir.resolve()
-    if run_dir.name.isdigit():  # Hydra multirun: multirun/<date>/<time>/<job num>
+    # Hydra multirun: multirun/<date>/<time>/<job num>, beside the sweep's multirun.yaml (not
+    # outputs/slurm/<job id>, whose name is digits too)
+    if run_dir.name.isdigit() and (run_dir.parent / "multirun.yaml").is_file():
         group = f"{run_dir.parent.parent.name}/{run_dir.parent.name}"
         return f"{group}/{run_dir.name}", group
     return f"{run_dir.parent.name}/{run_dir.name}", None

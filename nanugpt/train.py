@@ -46,6 +46,8 @@ from nanugpt.models.with_loss import ModelWithLoss
 from nanugpt.observe import RunObserver, peak_flops
 from nanugpt.optim import state_bytes
 from nanugpt.preemption import StopSignal
+from nanugpt.resume import log_config_changes, restore_optimizer_and_schedule, restore_scaler
+from nanugpt.rundir import RunDirInUseError, hold_run_dir, move_file_logs
 from nanugpt.utils import CONF_DIR, seed_everything
 
 log = logging.getLogger("nanugpt.train")
@@ -127,15 +129,17 @@ def evaluate(
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
     info = dist.init_distributed(cfg.training.device)
-    stop = StopSignal()  # SIGTERM/SIGUSR2: checkpoint at the end of the step, then exit
+    stop = StopSignal()  # SIGTERM/SIGUSR2/SIGINT: checkpoint at the end of the step, then exit
     failed = True
     try:
         run_dir = use_master_run_dir(run_dir, info)
-        best = _train(cfg, run_dir, info, stop)
+        with hold_run_dir(run_dir, info):  # refused while another process trains in this dir
+            best = _train(cfg, run_dir, info, stop)
         failed = False
         return best
     except BaseException as e:
-        if not (isinstance(e, SystemExit) and stop.requested):  # a preempted run is not a failed one
+        # A preempted run is not a failed one; a refused one never started (log.txt is the other run's).
+        if not (isinstance(e, SystemExit) and stop.requested) and not isinstance(e, RunDirInUseError):
             log.error("Run failed: %s: %s", type(e).__name__, e)  # the line `nanugpt.report` reads as failed
         raise
     finally:
@@ -144,12 +148,13 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
 
 
 def use_master_run_dir(run_dir: Path, info: dist.DistInfo) -> Path:
-    """Under torchrun every rank composes its own config, and `${now:...}` in hydra.run.dir can
-    resolve a second apart: all ranks use rank 0's run dir (for resume=auto too), and a rank's
-    own dir, if different, is removed when Hydra's files are all it holds."""
+    """Under torchrun every rank composes its own config, and `${now:...}` in hydra.run.dir
+    resolves to a different microsecond in each: all ranks use rank 0's run dir (for resume=auto
+    too), and a rank's own dir, if different, is removed when Hydra's files are all it holds."""
     master_dir = Path(dist.broadcast_object(str(run_dir), info))
     if master_dir != run_dir and {p.name for p in run_dir.iterdir()} <= {".hydra", "log.txt"}:
         shutil.rmtree(run_dir, ignore_errors=True)
+        move_file_logs(run_dir, master_dir)  # this rank's warnings go to rank 0's log.txt
     return master_dir
 
 
@@ -208,9 +213,10 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
         resume_path, ckpt = resumed
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
         load_model_state(model, ckpt["model"], resume_path, ckpt.get("config", {}).get("model"), model_cfg)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        # The checkpoint's optimizer state, schedule position and loss scale; this config's hyperparameters
+        restore_optimizer_and_schedule(optimizer, scheduler, ckpt["optimizer"], ckpt["scheduler"])
+        restore_scaler(scaler, ckpt["scaler"])
+        log_config_changes(ckpt.get("config"), OmegaConf.to_container(cfg, resolve=True))
         data.train.load_state_dict(ckpt["data"])
         restore_rng_state(ckpt["rng"], info.rank, info.world_size)
         start_step, best_val_loss = ckpt["step"], ckpt["best_val_loss"]
@@ -250,7 +256,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
         stats = train_step(
             net, model, optimizer, scheduler, scaler, data.train, autocast, info, tcfg.grad_clip, stop.requested
         )
-        preempted = stats.stop  # a rank got SIGTERM/SIGUSR2: all finish this step, checkpoint, stop
+        preempted = stats.stop  # a rank got SIGTERM/SIGUSR2/SIGINT: all finish this step, checkpoint, stop
         if stats.nonfinite and not tcfg.skip_nonfinite:
             raise nonfinite_error(
                 f"the train loss is {stats.loss} and the grad norm {stats.grad_norm}", step, ckpt_dir, skippable=True
@@ -332,11 +338,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
                 )
         if preempted:
             if info.is_master:
-                log.warning(
-                    "Stopping at step %d on a preemption/time-limit signal, checkpointed: resume=auto continues from "
-                    "it.",
-                    step,
-                )
+                log.warning(stop.message(step, run_dir, checkpointed=cfg.eval.checkpoint != "none"))
             break
 
     observer.close()

@@ -2,14 +2,17 @@
 lr a real LambdaLR gives, step by step."""
 
 import io
+import json
 import math
+import re
 
 import pytest
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from nanugpt.errors import ConfigError
 from nanugpt.metrics import read_metrics
-from nanugpt.sched.lr_range_test import lr_range_test, suggest_lr
+from nanugpt.sched.lr_range_test import check_lr_sweep, lr_range_test, range_test_lr, suggest_lr
 from nanugpt.train import train
 
 from .conftest import TINY, compose_train, plugin, run_cli
@@ -186,3 +189,31 @@ def test_lr_range_test_run_gives_a_plot_and_a_suggested_lr(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     suggested = float(out.stdout.split("Suggested lr: ")[1].split()[0])
     assert 1e-4 < suggested < 1.0
+
+
+def metrics_rows(lr_of_step, steps: int) -> list[dict]:
+    """Rows as a run with that schedule logs them (run/lr of step s: the schedule after s - 1 steps)."""
+    return [{"step": s, "train/loss": 3.0 - 0.01 * s, "run/lr": lr_of_step(s - 1)} for s in range(1, steps + 1)]
+
+
+def test_lr_range_test_cli_refuses_a_run_that_did_not_sweep_the_lr(tmp_path):
+    rows = metrics_rows(lambda i: 1e-3 * old_cosine(i, 40, 5, 0.1), 40)  # warmup, then decay
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = run_cli("nanugpt.sched.lr_range_test", str(tmp_path), cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{tmp_path} is not an lr range test: its lr does not rise at step 6 (0.001 at step 5" in proc.stderr
+    assert "sched=lr_range_test" in proc.stderr and not (tmp_path / "lr_range_test.png").exists()
+
+
+@pytest.mark.parametrize(
+    "lr_of_step,steps,refusal",
+    [
+        (lambda i: 1e-3 * old_constant(i, 30, 3), 30, "does not rise at step 4"),  # flat after warmup
+        (lambda i: range_test_lr(i, 300, 1e-5, 1.0), 9, "rose over 9 step(s)"),  # stopped too early
+        (lambda i: range_test_lr(i, 300, 1e-5, 1.0), 60, "from 1e-05 to 9.7e-05"),  # less than a decade
+    ],
+)
+def test_check_lr_sweep_needs_a_rising_lr_over_enough_steps(lr_of_step, steps, refusal, tmp_path):
+    with pytest.raises(ConfigError, match=re.escape(refusal)):
+        check_lr_sweep(metrics_rows(lr_of_step, steps), tmp_path)
+    check_lr_sweep(metrics_rows(lambda i: range_test_lr(i, 300, 1e-5, 1.0), 300), tmp_path)  # a real sweep passes

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from nanugpt.errors import check_range
+from nanugpt.errors import ConfigError, MissingInputError, UserError, check_range
 from nanugpt.metrics import ema, read_metrics
+
+MIN_STEPS = 10  # a suggestion needs a curve: at least this many steps ...
+MIN_LR_RATIO = 10.0  # ... over at least one decade of lr
 
 
 def range_test_lr(step: int, max_steps: int, min_lr: float, max_lr: float) -> float:
@@ -51,9 +56,9 @@ def suggest_lr(lrs: list[float], losses: list[float], beta: float = 0.9) -> dict
     rule: the peak lr for training sits safely below where the loss bottoms out); `steepest_lr`:
     where the smoothed loss falls fastest against log lr, before the minimum."""
     finite = [(lr, loss) for lr, loss in zip(lrs, losses, strict=False) if math.isfinite(loss)]
-    if len(finite) < 10:
-        raise ValueError(
-            f"An lr range test needs at least 10 finite steps to suggest an lr; got {len(finite)}. Raise "
+    if len(finite) < MIN_STEPS:
+        raise ConfigError(
+            f"An lr range test needs at least {MIN_STEPS} finite steps to suggest an lr; got {len(finite)}. Raise "
             "training.max_steps."
         )
     lrs, losses = [lr for lr, _ in finite], ema([loss for _, loss in finite], beta)
@@ -71,6 +76,27 @@ def suggest_lr(lrs: list[float], losses: list[float], beta: float = 0.9) -> dict
     }
 
 
+def check_lr_sweep(rows: list[dict[str, Any]], run_dir: Path) -> None:
+    """Refuse a run whose lr did not rise at every step over at least MIN_STEPS steps and a
+    decade: its loss-vs-lr curve mixes the schedule's phases, and a suggestion read off it means
+    nothing."""
+    how = "Run one with `python -m nanugpt.train sched=lr_range_test training.max_steps=300 eval.checkpoint=none`"
+    points = [(r["step"], r["run/lr"]) for r in rows if isinstance(r.get("run/lr"), (int, float))]
+    for (step_a, lr_a), (step_b, lr_b) in zip(points, points[1:], strict=False):
+        if not lr_b > lr_a:
+            raise ConfigError(
+                f"{run_dir} is not an lr range test: its lr does not rise at step {step_b} ({lr_a:.3g} at step "
+                f"{step_a}, {lr_b:.3g} at step {step_b}), so loss against lr mixes its schedule's phases and "
+                f"suggests nothing. {how} and pass that run dir."
+            )
+    if len(points) < MIN_STEPS or points[-1][1] < MIN_LR_RATIO * points[0][1]:
+        span = f"from {points[0][1]:.3g} to {points[-1][1]:.3g}" if points else "nowhere"
+        raise ConfigError(
+            f"{run_dir} swept too little to suggest an lr: its lr rose over {len(points)} step(s), {span}; an lr "
+            f"range test needs at least {MIN_STEPS} steps and a factor of {MIN_LR_RATIO:g}. {how}."
+        )
+
+
 def plot_lr_range_test(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, dict[str, float]]:
     """Read `<run_dir>/metrics.jsonl`, write the loss-vs-lr plot with the suggestion marked."""
     import matplotlib
@@ -79,7 +105,12 @@ def plot_lr_range_test(run_dir: str | Path, out: str | Path | None = None) -> tu
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise MissingInputError(
+            f"{run_dir / 'metrics.jsonl'} does not exist; pass the run dir of a sched=lr_range_test run."
+        )
     rows = read_metrics(run_dir / "metrics.jsonl")
+    check_lr_sweep(rows, run_dir)
     lrs, losses = [r["run/lr"] for r in rows], [r["train/loss"] for r in rows]
     s = suggest_lr(lrs, losses)
     out = Path(out) if out else run_dir / "lr_range_test.png"
@@ -111,7 +142,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dir", help="the run directory, holding metrics.jsonl")
     parser.add_argument("--out", default=None, help="PNG path (default: <run_dir>/lr_range_test.png)")
     args = parser.parse_args(argv)
-    path, s = plot_lr_range_test(args.run_dir, args.out)
+    try:
+        path, s = plot_lr_range_test(args.run_dir, args.out)
+    except UserError as err:
+        sys.exit(f"Error: {err}")
     print(
         f"Suggested lr: {s['suggested_lr']:.3g}  (loss lowest at {s['min_loss_lr']:.3g}, falls fastest at "
         f"{s['steepest_lr']:.3g})"
