@@ -13,10 +13,16 @@ from nanugpt.checkpoint import load_checkpoint
 from nanugpt.metrics import read_metrics
 from nanugpt.resume import config_changes, restore_scaler
 from nanugpt.scalers.amp import AmpScaler
-from nanugpt.sched.cosine import cosine_lr_factor
+from nanugpt.sched.warmup_stable_decay import lr_factor
 from nanugpt.train import train
 
 from .conftest import TINY, compose_train
+
+
+def cosine_lr_factor(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """sched=cosine: decay over every step after warmup."""
+    return lr_factor(step, warmup_steps, warmup_steps, max_steps - warmup_steps, "cosine", min_lr_ratio)
+
 
 BASE = [*TINY, "eval.every=3", "eval.iters=1", "sched.warmup_steps=2"]
 
@@ -106,10 +112,10 @@ def test_config_changes_reads_an_untrusted_checkpoint_config():
 def test_resume_keeps_the_loss_scale_reached_and_takes_the_configs_growth_interval():
     """A real float16 loss scaler (enabled on CPU too): the scale comes from the checkpoint, the
     growth interval (scaler.growth_interval) from the config."""
-    saved = AmpScaler("cpu", float16=True, init_scale=1024.0, growth_interval=2000).state_dict()
-    scaler = AmpScaler("cpu", float16=True, growth_interval=10)
+    saved = AmpScaler("cpu", float16=True, enabled=None, init_scale=1024.0, growth_interval=2000).state_dict()
+    scaler = AmpScaler("cpu", float16=True, enabled=None, init_scale=2.0**16, growth_interval=10)
     restore_scaler(scaler, saved)
     assert scaler.get_scale() == 1024.0 and scaler.get_growth_interval() == 10
-    fresh = AmpScaler("cpu", float16=True)
+    fresh = AmpScaler("cpu", float16=True, enabled=None, init_scale=2.0**16, growth_interval=2000)
     restore_scaler(fresh, {})  # a bfloat16 run's checkpoint has no loss scale: start from the config's
     assert fresh.get_scale() == 2.0**16 and fresh.is_enabled()
