@@ -35,11 +35,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from nanugpt import dist
 from nanugpt.config import register_configs
-from nanugpt.data.loader import RandomWindowBatches, fixed_eval_batches
+from nanugpt.data.build import build_data, token_stream_data
+from nanugpt.data.contract import BatchSpec, Data, TokenSplits
+from nanugpt.data.loader import RandomWindowBatches
+from nanugpt.errors import ConfigError
 from nanugpt.models.with_loss import ModelWithLoss
 from nanugpt.observe import peak_flops
 from nanugpt.sampling import generate
-from nanugpt.train import autocast_dtype, configure_matmul_precision, prepare_data, set_vocab_size, train_step
+from nanugpt.train import autocast_dtype, configure_matmul_precision, set_vocab_size, train_step
 from nanugpt.utils import CONF_DIR, seed_everything
 
 BENCH_DEFAULTS: dict[str, Any] = {
@@ -168,35 +171,33 @@ def write_json(what: str, bench: dict, cfg: DictConfig | None, device: torch.dev
     return out
 
 
-def setup(cfg: DictConfig, bench: dict) -> tuple[torch.device, np.ndarray, np.ndarray]:
-    """Device, threads, matmul precision and (train, val) token arrays."""
+def setup(cfg: DictConfig, bench: dict) -> tuple[torch.device, BatchSpec, Data]:
+    """Device, threads, matmul precision, and the trainer's own data (one rank)."""
     if cfg.training.threads:
         torch.set_num_threads(cfg.training.threads)
     device = dist.resolve_device(cfg.training.device, 0)
     configure_matmul_precision(device)
     seed_everything(cfg.training.seed)
+    spec = BatchSpec.from_config(cfg, device=device)
     if bench["synthetic"]:
         vocab = cfg.model.get("vocab_size") or instantiate(cfg.tokenizer).vocab_size
-        set_vocab_size(cfg, vocab)
         rng = np.random.default_rng(0)
         n = max(1_000_000, 4 * cfg.training.global_batch_size * (cfg.model.context_length + 1))
-        return (
-            device,
-            rng.integers(0, vocab, n, dtype=np.int64).astype(np.uint32),
-            rng.integers(0, vocab, n // 10, dtype=np.int64).astype(np.uint32),
-        )
-    data = prepare_data(cfg)
+        splits = {"train": [rng.integers(0, vocab, n, dtype=np.int64).astype(np.uint32)]}
+        splits["val"] = [rng.integers(0, vocab, n // 10, dtype=np.int64).astype(np.uint32)]
+        data = token_stream_data(TokenSplits(splits, vocab, {"source": "synthetic"}), spec, cfg.eval.iters)
+    else:
+        data = build_data(cfg, spec)
     set_vocab_size(cfg, data.vocab_size)
-    return device, data.train, data.val
+    return device, spec, data
 
 
 # ---------------------------------------------------------------- train
 
 
 def bench_train(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]:
-    device, train_tokens, _ = setup(cfg, bench)
+    device, spec, data = setup(cfg, bench)
     tcfg = cfg.training
-    accum = tcfg.global_batch_size // tcfg.device_batch_size
     amp_dtype = autocast_dtype(tcfg.dtype, device)
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
     T = cfg.model.context_length
@@ -212,20 +213,24 @@ def bench_train(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]
     scaler = instantiate(cfg.scaler)(device.type, float16=amp_dtype == torch.float16)
     if tcfg.compile:
         net = torch.compile(net)
-    batches = RandomWindowBatches(
-        train_tokens, T, tcfg.global_batch_size, tcfg.device_batch_size, 0, 1, tcfg.seed, device
-    )
-
     info = dist.DistInfo(rank=0, local_rank=0, world_size=1, device=device)
 
     def nanugpt_step() -> float:
         """The trainer's own step (nanugpt.train.train_step); returns seconds waiting on data."""
-        return train_step(net, model, optimizer, scheduler, scaler, batches, autocast, info, tcfg.grad_clip).data_s
+        return train_step(net, model, optimizer, scheduler, scaler, data.train, autocast, info, tcfg.grad_clip).data_s
 
     loops: dict[str, Callable[[], float]] = {"nanugpt": nanugpt_step}
 
     if bench["plain_loop"]:
-        # The minimal loop everyone writes first: same model and optimizer, no wrappers.
+        # The minimal loop everyone writes first: same model and optimizer, no wrappers, random
+        # windows of one token array (the largest train shard).
+        if not isinstance(data.train, RandomWindowBatches):
+            raise ConfigError(
+                f"bench.plain_loop=true needs token-stream data, not data={cfg.data._target_.rsplit('.', 1)[-1]}; "
+                "pass bench.plain_loop=false."
+            )
+        accum = spec.grad_accum_steps
+        train_tokens = max(data.train.windows.shards, key=len)
         plain_model = instantiate(cfg.model).to(device)
         plain_opt = instantiate(cfg.optim)(plain_model)
         step_model: Callable = torch.compile(plain_model) if tcfg.compile else plain_model
@@ -314,7 +319,7 @@ def time_train_steps(
 
 
 def bench_eval(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]:
-    device, _, val_tokens = setup(cfg, bench)
+    device, _, data = setup(cfg, bench)
     from nanugpt.train import evaluate
 
     model = instantiate(cfg.model)
@@ -324,9 +329,7 @@ def bench_eval(cfg: DictConfig, bench: dict) -> tuple[torch.device, list[dict]]:
     amp_dtype = autocast_dtype(cfg.training.dtype, device)
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
     info = dist.DistInfo(rank=0, local_rank=0, world_size=1, device=device)
-    batches = fixed_eval_batches(
-        val_tokens, cfg.model.context_length, cfg.training.device_batch_size, cfg.eval.iters, 0, 1, device
-    )
+    batches = data.val
     for _ in range(max(1, bench["warmup"] // 3)):
         evaluate(net, batches, autocast, info)
     times = []

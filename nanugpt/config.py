@@ -18,7 +18,7 @@ the fix, before any data is prepared (`check_train_environment`: the device and 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -32,6 +32,8 @@ from hydra.experimental.callback import Callback
 from hydra.utils import get_class
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from nanugpt.data.examples import ExampleSource
+from nanugpt.data.shards import ShardFiles
 from nanugpt.dist import check_device
 from nanugpt.errors import ConfigError, UserError, check_value
 
@@ -115,6 +117,8 @@ class EvalConfig:
     every: Annotated[int, Range(ge=1)] = 100
     # val batches per evaluation; the same batches every time (example data: its whole val split)
     iters: Annotated[int, Range(ge=1)] = 20
+    # test batches, evaluated once at the end (data sets with a test split; example data: its whole test split)
+    test_iters: Annotated[int, Range(ge=0, why="0 skips the test evaluation.")] = 100
     checkpoint: CheckpointPolicy = CheckpointPolicy.best_and_last
     # step-numbered checkpoints kept besides last.pt/best.pt (hard links, no extra disk)
     keep_last: Annotated[int, Range(ge=0, why="0 keeps only last.pt and best.pt.")] = 2
@@ -126,9 +130,9 @@ class WandbConfig:
     mode: WandbMode | None = None
     project: str = "nanugpt"
     entity: str | None = None
-    # null: from the run dir (<date>/<time>, or <date>/<time>/<job> in a sweep)
+    # null: from the run dir (<date>/<time>-<us>, or <date>/<time>-<us>/<job> in a sweep)
     name: str | None = None
-    # null: the sweep (<date>/<time>) for sweep jobs
+    # null: the sweep (<date>/<time>-<us>) for sweep jobs
     group: str | None = None
     tags: list[str] = field(default_factory=list)
 
@@ -149,8 +153,8 @@ class PathsConfig:
     """Typed here; the values are in nanugpt/conf/paths/default.yaml."""
 
     data_dir: str = MISSING  # prepared-data cache root (and downloads)
-    output_root: str = MISSING  # single runs: <output_root>/<date>/<time>
-    sweep_root: str = MISSING  # sweeps (-m): <sweep_root>/<date>/<time>/<job>
+    output_root: str = MISSING  # single runs: <output_root>/<date>/<time>-<microseconds>
+    sweep_root: str = MISSING  # sweeps (-m): <sweep_root>/<date>/<time>-<microseconds>/<job>
 
 
 @dataclass
@@ -172,7 +176,8 @@ class TrainConfig:
 
 @dataclass
 class GenerateConfig:
-    ckpt: str = MISSING  # a checkpoint nanugpt.train wrote, e.g. outputs/<date>/<time>/checkpoints/best.pt
+    # a run dir (its best.pt, else its newest checkpoint), a checkpoints dir, or a .pt file nanugpt.train wrote
+    ckpt: str = MISSING
     prompt: str = "\n"
     # a batch of prompts instead, e.g. 'prompts=["def ","class "]' (num_samples each)
     prompts: list[str] | None = None
@@ -246,7 +251,7 @@ def _numeric_kind(hint: Any) -> type:
     return hint
 
 
-def check_ranges(cfg: DictConfig, schema: type, prefix: str = "") -> None:
+def check_ranges(cfg: Mapping[str, Any], schema: type, prefix: str = "") -> None:
     """Every `Annotated[..., Range(...)]` key of `schema` (and its nested sections) in `cfg`."""
     hints = get_type_hints(schema, include_extras=True)
     for f in fields(schema):
@@ -295,9 +300,9 @@ def check_resume(resume: str) -> None:
 
 def reads_prepared_data(data_cfg: DictConfig) -> bool:
     """Whether a data plugin goes through the prepared-data cache under paths.data_dir (a text
-    corpus) or builds its own batches (example data, no files)."""
+    corpus), or needs no data dir: example data (built in memory) and shard files (read in place)."""
     try:
-        return not hasattr(get_class(data_cfg._target_), "batches")
+        return not issubclass(get_class(data_cfg._target_), (ExampleSource, ShardFiles))
     except Exception:  # a bad _target_: instantiate names it
         return True
 
@@ -326,19 +331,26 @@ def check_train_environment(cfg: DictConfig, run_dir: Path | str | None = None) 
         check_writable_dir("hydra.run.dir", run_dir, set_instead=where, why=RUN_DIR_WHY)
 
 
+def check_sampling_options(options: Mapping[str, Any]) -> None:
+    """The ranges of generate's sampling options (the CLI's keys, or `nanugpt.generate.Sampler`'s
+    keyword arguments, which no schema types)."""
+    check_ranges(options, GenerateConfig)
+    for i, stop in enumerate(options["stop"] or []):
+        check_value(f"stop[{i}]", stop, str, fix="An empty stop string would end every sample before it starts.")
+
+
 def validate_generate(cfg: DictConfig) -> None:
     """Every value of `python -m nanugpt.generate`'s keys and its device, before the checkpoint loads."""
-    check_required(cfg, {"ckpt": "ckpt=outputs/<date>/<time>/checkpoints/best.pt"})
-    check_ranges(cfg, GenerateConfig)
-    for i, stop in enumerate(cfg.stop or []):
-        check_value(f"stop[{i}]", stop, str, fix="An empty stop string would end every sample before it starts.")
+    check_required(cfg, {"ckpt": "ckpt=outputs/<date>/<time> (a run dir, or one of its checkpoints)"})
+    check_sampling_options(cfg)
     check_device("device", cfg.device)
 
 
 def validate_prepare(cfg: DictConfig) -> None:
     """`python -m nanugpt.prepare`'s mandatory values and data dir; the plugins check their arguments."""
     check_required(cfg, {"data.path": "data.path=/path/to/file.txt (or a directory)"})
-    check_writable_dir("paths.data_dir", cfg.paths.data_dir, "NANUGPT_DATA", why=DATA_DIR_WHY)
+    if reads_prepared_data(cfg.data):
+        check_writable_dir("paths.data_dir", cfg.paths.data_dir, "NANUGPT_DATA", why=DATA_DIR_WHY)
 
 
 @contextmanager

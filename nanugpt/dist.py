@@ -95,11 +95,6 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank, local_rank, world_size, torch_device)
 
 
-def barrier(info: DistInfo) -> None:
-    if info.is_distributed:
-        dist.barrier()
-
-
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.is_distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
@@ -117,15 +112,16 @@ def broadcast_object(obj: T, info: DistInfo) -> T:
 
 def shutdown(failed: bool = False) -> None:
     """Leave the process group. After an error on this rank, do not wait for the others in a
-    collective goodbye (they may be blocked in an all-reduce this rank never joins): abort
-    instead, so this process exits at once and its peers' pending collectives fail with a
-    connection error rather than hang until the timeout."""
+    collective goodbye: destroy_process_group drains pending work (NCCL) that peers blocked in
+    an all-reduce this rank never joins will not complete. Abort the group instead (the
+    ProcessGroup's own, non-collective abort), so this process exits at once and its peers'
+    pending collectives fail with a connection error rather than hang until the timeout."""
     if not dist.is_initialized():
         return
     if failed:
         try:
-            dist.distributed_c10d._abort_process_group()
-        except Exception:  # older torch or a backend without abort: exiting closes the sockets anyway
+            dist.group.WORLD.abort()
+        except Exception:  # a backend without abort: exiting closes the sockets anyway
             pass
         return
     dist.destroy_process_group()

@@ -1,7 +1,7 @@
 """Autoregressive sampling: temperature, top-k, top-p, greedy at temperature 0, with a KV cache.
 
 With `use_cache=True` the prompt is prefilled once and every new token costs one position's
-forward (see the decode API in nanugpt/models/gpt.py). Models with learned positions cannot
+forward (see the decode API in nanugpt/models/base.py). Models with learned positions cannot
 slide past their window, so both paths share one window policy: once the context would exceed
 `context_length`, it restarts from the last `window_keep` tokens (default: half the window),
 which the cached path re-prefills once per `context_length - window_keep` new tokens.

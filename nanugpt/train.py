@@ -31,7 +31,6 @@ if TYPE_CHECKING:  # torch.distributed.optim costs 1.2 s of import time; only Ze
 from nanugpt import dist
 from nanugpt.checkpoint import (
     all_rng_states,
-    clean_state_dict,
     find_resume_checkpoint,
     load_model_state,
     read_log,
@@ -39,32 +38,21 @@ from nanugpt.checkpoint import (
     save_checkpoint,
 )
 from nanugpt.config import check_train_environment, register_configs, validate_train
-from nanugpt.data.loader import RandomWindowBatches, fixed_eval_batches
-from nanugpt.data.prepared import PreparedData, prepare
+from nanugpt.data.build import build_data
+from nanugpt.data.contract import BatchSpec
 from nanugpt.errors import ConfigError, NonFiniteLossError, report_user_errors
 from nanugpt.metrics import format_duration
 from nanugpt.models.with_loss import ModelWithLoss
 from nanugpt.observe import RunObserver, peak_flops
 from nanugpt.optim import state_bytes
 from nanugpt.preemption import StopSignal
+from nanugpt.resume import log_config_changes, restore_optimizer_and_schedule, restore_scaler
+from nanugpt.rundir import RunDirInUseError, hold_run_dir, move_file_logs
 from nanugpt.utils import CONF_DIR, seed_everything
 
 log = logging.getLogger("nanugpt.train")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def grad_accum_steps(global_batch_size: int, device_batch_size: int, world_size: int) -> int:
-    per_step = device_batch_size * world_size
-    if global_batch_size % per_step != 0:
-        raise ConfigError(
-            f"training.global_batch_size={global_batch_size} is not divisible by "
-            f"training.device_batch_size={device_batch_size} x world_size={world_size} = {per_step}. "
-            f"Pick a global batch that is a multiple of {per_step} (e.g. "
-            f"{max(per_step, global_batch_size // per_step * per_step)}), "
-            "or change device_batch_size."
-        )
-    return global_batch_size // per_step
 
 
 def autocast_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -93,16 +81,6 @@ def configure_matmul_precision(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def prepare_data(cfg: DictConfig) -> PreparedData:
-    return prepare(
-        source=instantiate(cfg.data),
-        tokenizer=instantiate(cfg.tokenizer),
-        data_dir=cfg.paths.data_dir,
-        data_cfg=OmegaConf.to_container(cfg.data, resolve=True),
-        tokenizer_cfg=OmegaConf.to_container(cfg.tokenizer, resolve=True),
-    )
-
-
 def set_vocab_size(cfg: DictConfig, data_vocab_size: int) -> None:
     """The model's vocab comes from the prepared data unless the config pins a (larger) one."""
     if cfg.model.get("vocab_size") is None:
@@ -113,6 +91,18 @@ def set_vocab_size(cfg: DictConfig, data_vocab_size: int) -> None:
             f"{data_vocab_size} ({cfg.tokenizer.get('_target_')}); drop the override (model.vocab_size=null) "
             "to take it from the data."
         )
+
+
+STAND_IN_VOCAB = 256  # the model's vocab in the argument check below, until the data says what it is
+
+
+def check_model_optimizer_schedule(cfg: DictConfig) -> None:
+    """Build the model, its optimizer and schedule on the meta device (no memory, no init work,
+    no random numbers drawn) and drop them, so a bad argument of any of them fails before data is
+    prepared. A stand-in takes the place of a model.vocab_size that the data will fill in."""
+    vocab = {"vocab_size": STAND_IN_VOCAB} if cfg.model.get("vocab_size") is None else {}
+    with torch.device("meta"):
+        instantiate(cfg.sched)(instantiate(cfg.optim)(instantiate(cfg.model, **vocab)))
 
 
 def check_compile_works(device: torch.device) -> None:
@@ -133,32 +123,37 @@ def check_compile_works(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def evaluate(net: torch.nn.Module, batches: list, autocast: Any, info: dist.DistInfo) -> dict[str, float]:
+def evaluate(
+    net: torch.nn.Module, batches: list, autocast: Any, info: dist.DistInfo, split: str = "val"
+) -> dict[str, float]:
     net.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=info.device)  # loss * count, correct, count
     for x, y in batches:
         with autocast:
-            _, loss, correct, count = net(x, y)
+            loss, correct, count = net(x, y)
         totals += torch.stack([loss.double() * count, correct.double(), count.double()])
     dist.all_reduce_sum(totals, info)
     net.train()
     loss = (totals[0] / totals[2]).item()
-    return {"val/loss": loss, "val/acc": (totals[1] / totals[2]).item(), "val/ppl": math.exp(min(loss, 50.0))}
+    acc = (totals[1] / totals[2]).item()
+    return {f"{split}/loss": loss, f"{split}/acc": acc, f"{split}/ppl": math.exp(min(loss, 50.0))}
 
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
     validate_train(cfg)  # every value, before any work
     info = dist.init_distributed(cfg.training.device)
-    stop = StopSignal()  # SIGTERM/SIGUSR2: checkpoint at the end of the step, then exit
+    stop = StopSignal()  # SIGTERM/SIGUSR2/SIGINT: checkpoint at the end of the step, then exit
     failed = True
     try:
         check_train_environment(cfg, run_dir)  # the device, data dir and run dir, before any work
         run_dir = use_master_run_dir(run_dir, info)
-        best = _train(cfg, run_dir, info, stop)
+        with hold_run_dir(run_dir, info):  # refused while another process trains in this dir
+            best = _train(cfg, run_dir, info, stop)
         failed = False
         return best
     except BaseException as e:
-        if not (isinstance(e, SystemExit) and stop.requested):  # a preempted run is not a failed one
+        # A preempted run is not a failed one; a refused one never started (log.txt is the other run's).
+        if not (isinstance(e, SystemExit) and stop.requested) and not isinstance(e, RunDirInUseError):
             log.error("Run failed: %s: %s", type(e).__name__, e)  # the line `nanugpt.report` reads as failed
         raise
     finally:
@@ -167,12 +162,13 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
 
 
 def use_master_run_dir(run_dir: Path, info: dist.DistInfo) -> Path:
-    """Under torchrun every rank composes its own config, and `${now:...}` in hydra.run.dir can
-    resolve a second apart: all ranks use rank 0's run dir (for resume=auto too), and a rank's
-    own dir, if different, is removed when Hydra's files are all it holds."""
+    """Under torchrun every rank composes its own config, and `${now:...}` in hydra.run.dir
+    resolves to a different microsecond in each: all ranks use rank 0's run dir (for resume=auto
+    too), and a rank's own dir, if different, is removed when Hydra's files are all it holds."""
     master_dir = Path(dist.broadcast_object(str(run_dir), info))
     if master_dir != run_dir and {p.name for p in run_dir.iterdir()} <= {".hydra", "log.txt"}:
         shutil.rmtree(run_dir, ignore_errors=True)
+        move_file_logs(run_dir, master_dir)  # this rank's warnings go to rank 0's log.txt
     return master_dir
 
 
@@ -184,53 +180,35 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
             logger_or_handler.setLevel(logging.WARNING)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    accum = grad_accum_steps(tcfg.global_batch_size, tcfg.device_batch_size, info.world_size)
+    # An indivisible global batch fails here, before anything is loaded.
+    spec = BatchSpec.from_config(cfg, info.rank, info.world_size, info.device)
+    accum = spec.grad_accum_steps
     amp_dtype = autocast_dtype(tcfg.dtype, info.device)
     configure_matmul_precision(info.device)
+    # Every plugin's arguments are checked before any data is prepared (the data and tokenizer
+    # plugins check theirs when built): the loss and scaler are built now, before seeding (they
+    # draw no random numbers); the model, optimizer and schedule need the data's vocab, so they
+    # are tried out on the meta device first.
+    loss_fn = instantiate(cfg.loss)
+    scaler = instantiate(cfg.scaler)(info.device.type, float16=amp_dtype == torch.float16)
+    check_model_optimizer_schedule(cfg)
     seed_everything(tcfg.seed)
 
-    # ---- data: a text corpus is tokenized once into a cache keyed by data + tokenizer config and
-    # read as random windows; example data (grokking, arithmetic: one row each, answer-only
-    # targets) brings its own batches, and evaluates on its whole val split.
-    source = instantiate(cfg.data)
-    context_length = cfg.model.context_length
-    if hasattr(source, "batches"):
-        data = source.batches(
-            instantiate(cfg.tokenizer),
-            tcfg.global_batch_size,
-            tcfg.device_batch_size,
-            info.rank,
-            info.world_size,
-            tcfg.seed,
-            info.device,
-        )
-        train_batches, val_batches = data.train_batches, data.val_batches
-    else:
-        data = prepare_data(cfg)
-        train_batches = RandomWindowBatches(
-            data.train,
-            context_length,
-            tcfg.global_batch_size,
-            tcfg.device_batch_size,
-            info.rank,
-            info.world_size,
-            tcfg.seed,
-            info.device,
-        )
-        val_batches = fixed_eval_batches(
-            data.val, context_length, tcfg.device_batch_size, cfg.eval.iters, info.rank, info.world_size, info.device
-        )
+    # ---- data: token streams (a text corpus tokenized once into a cache, or pre-tokenized shard
+    # files) read as random windows; example data (grokking, arithmetic: one row each, answer-only
+    # targets) as shuffled rows, evaluated on its whole val split. See nanugpt/data/build.py.
+    data = build_data(cfg, spec)
+    context_length = spec.context_length
     set_vocab_size(cfg, data.vocab_size)
 
     # ---- model, loss, optimizer, schedule
     model = instantiate(cfg.model)
-    net = ModelWithLoss(model, instantiate(cfg.loss)).to(info.device)
+    net = ModelWithLoss(model, loss_fn).to(info.device)
     optimizer = instantiate(cfg.optim)(model)
     zero1 = tcfg.zero1 and info.is_distributed
     if zero1:
         optimizer = shard_optimizer_state(optimizer)
     scheduler = instantiate(cfg.sched)(optimizer)
-    scaler = instantiate(cfg.scaler)(info.device.type, float16=amp_dtype == torch.float16)
     if info.is_distributed:
         seed_everything(tcfg.seed + info.rank)  # per-rank dropout masks; DDP broadcasts rank 0's init
     n_params = model.num_params()
@@ -255,10 +233,11 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
         resume_path, ckpt = resumed
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
         load_model_state(model, ckpt["model"], resume_path, ckpt.get("config", {}).get("model"), model_cfg)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        train_batches.load_state_dict(ckpt["data"])
+        # The checkpoint's optimizer state, schedule position and loss scale; this config's hyperparameters
+        restore_optimizer_and_schedule(optimizer, scheduler, ckpt["optimizer"], ckpt["scheduler"])
+        restore_scaler(scaler, ckpt["scaler"])
+        log_config_changes(ckpt.get("config"), OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+        data.train.load_state_dict(ckpt["data"])
         restore_rng_state(ckpt["rng"], info.rank, info.world_size)
         start_step, best_val_loss = ckpt["step"], ckpt["best_val_loss"]
         log.info("Resumed from %s at step %d (best val loss %.4f)", resume_path, start_step, best_val_loss)
@@ -295,9 +274,9 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
     for step in range(start_step + 1, tcfg.max_steps + 1):  # `step` counts completed optimizer steps
         t0 = time.perf_counter()
         stats = train_step(
-            net, model, optimizer, scheduler, scaler, train_batches, autocast, info, tcfg.grad_clip, stop.requested
+            net, model, optimizer, scheduler, scaler, data.train, autocast, info, tcfg.grad_clip, stop.requested
         )
-        preempted = stats.stop  # a rank got SIGTERM/SIGUSR2: all finish this step, checkpoint, stop
+        preempted = stats.stop  # a rank got SIGTERM/SIGUSR2/SIGINT: all finish this step, checkpoint, stop
         if stats.nonfinite and not tcfg.skip_nonfinite:
             raise nonfinite_error(
                 f"the train loss is {stats.loss} and the grad norm {stats.grad_norm}", step, ckpt_dir, skippable=True
@@ -340,13 +319,15 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
         is_last = step == tcfg.max_steps
         evaluating = step % cfg.eval.every == 0 or is_last or preempted
         if evaluating:
-            row.update(evaluate(net, val_batches, autocast, info))
+            row.update(evaluate(net, data.val, autocast, info))
             if not math.isfinite(row["val/loss"]):  # the weights themselves are broken: never checkpoint them
                 raise nonfinite_error(f"the val loss is {row['val/loss']}", step, ckpt_dir, skippable=False)
             last_val_loss = row["val/loss"]
             row["val/generalization_gap"] = row["val/loss"] - stats.loss
             is_best = row["val/loss"] < best_val_loss
             best_val_loss = min(best_val_loss, row["val/loss"])
+            if is_last and data.test is not None:  # once, in the final row: eval.test_iters batches
+                row.update(evaluate(net, data.test, autocast, info, "test"))
 
         # The row before the checkpoint: a run killed in between redoes this step and rewrites
         # its row; the other order would resume after a step whose row was never written.
@@ -355,11 +336,11 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
         if evaluating and cfg.eval.checkpoint != "none":
             rng = all_rng_states()  # every rank's; a collective, so before the master-only save
             state = {
-                "model": clean_state_dict(model.state_dict()),
+                "model": model.state_dict(),
                 "optimizer": optimizer_state(optimizer, info, zero1),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
-                "data": train_batches.state_dict(),
+                "data": data.train.state_dict(),
                 "rng": rng,
                 "step": step,
                 "best_val_loss": best_val_loss,
@@ -377,11 +358,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
                 )
         if preempted:
             if info.is_master:
-                log.warning(
-                    "Stopping at step %d on a preemption/time-limit signal, checkpointed: resume=auto continues from "
-                    "it.",
-                    step,
-                )
+                log.warning(stop.message(step, run_dir, checkpointed=cfg.eval.checkpoint != "none"))
             break
 
     observer.close()
@@ -429,7 +406,7 @@ def train_step(
         # DDP all-reduces gradients only on the last micro-step.
         sync = not info.is_distributed or micro_step == accum - 1
         with contextlib.nullcontext() if sync else net.no_sync(), autocast:
-            _, loss, correct, count = net(x, y)
+            loss, correct, count = net(x, y)
         scaler.scale(loss / accum).backward()
         totals[:3] += torch.stack([loss.detach().double(), correct.double(), count.double()])
     totals[3] = float(stop_requested)

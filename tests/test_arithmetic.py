@@ -57,7 +57,7 @@ def test_answer_loss_scores_answers_and_counts_exact_matches():
     logits[0, 2, 3] = logits[0, 3, 4] = 10.0  # row 0 fully right
     logits[1, 2, 5] = logits[1, 3, 1] = 10.0  # row 1 has one digit wrong
     logits[:, :2, 7] = 50.0  # prompt positions are not scored, however confident
-    loss, correct, count = AnswerLoss()(logits, targets)
+    loss, correct, count = AnswerLoss(ignore_index=IGNORE_INDEX)(logits, targets)
     assert (correct.item(), count.item()) == (1, 2)
     scored = targets != IGNORE_INDEX
     assert loss.item() == pytest.approx(F.cross_entropy(logits[scored], targets[scored]).item())

@@ -14,7 +14,7 @@ import torch
 
 from nanugpt.bench import load_tiktoken_file, parse_args
 from nanugpt.tokenizers.tiktoken_bpe import TiktokenTokenizer, split_for_batch
-from tests.conftest import REPO, TINY, run_cli
+from tests.conftest import TINY, run_cli
 
 FAST = ["bench.warmup=1", "bench.steps=2", "bench.repeats=2"]
 
@@ -107,7 +107,6 @@ def test_bench_rejects_unknown_commands_and_options() -> None:
         parse_args(["train", "bench.stepz=3"])
     what, bench, overrides = parse_args(["generate", "bench.batch_sizes=[1,8]", "model.n_layer=2"])
     assert (what, bench["batch_sizes"], overrides) == ("generate", [1, 8], ["model.n_layer=2"])
-    assert REPO.is_dir()
 
 
 def test_bench_speedrun_times_whole_training_runs(tmp_path: Path) -> None:
@@ -128,7 +127,7 @@ def test_bench_speedrun_times_whole_training_runs(tmp_path: Path) -> None:
         "eval.iters=2",
         "training.threads=1",
         "bench.repeats=2",
-        "bench.target_wall_s=1e9",
+        "bench.target_wall_s=0.001",  # no run can meet it: the goal must say so
         "bench.target_loss=1e9",
         f"bench.out={out}",
         cwd=tmp_path,
@@ -144,5 +143,5 @@ def test_bench_speedrun_times_whole_training_runs(tmp_path: Path) -> None:
     assert summary["wall_s"] == pytest.approx(
         sorted(r["wall_s"] for r in runs)[0] / 2 + sorted(r["wall_s"] for r in runs)[1] / 2
     )
-    assert summary["goal_met"] is True
+    assert summary["goal_met"] is False  # the loss goal is met, the wall-time goal is not
     assert list(tmp_path.glob("outputs")) == []  # runs live in temporary dirs

@@ -1,10 +1,13 @@
 import copy
+import inspect
 import os
+import re
 from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -12,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from nanugpt.config import (
@@ -27,23 +30,33 @@ from nanugpt.config import (
     validate_train,
 )
 from nanugpt.errors import find_user_error
+from nanugpt.train import check_model_optimizer_schedule
 from nanugpt.utils import CONF_DIR
 
-from .conftest import compose_train
+from .conftest import compose_train, options
 
 GROUPS = ["model", "data", "tokenizer", "optim", "sched", "loss", "scaler"]
 
 
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
-
-
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_group_option_composes_and_resolves(group, option):
-    overrides = [f"{group}={option}"] + (["data.path=/tmp/x"] if (group, option) == ("data", "text") else [])
+    needs_path = group == "data" and option in ("text", "shards")  # data.path: ??? (the user's files)
+    overrides = [f"{group}={option}"] + (["data.path=/tmp/x"] if needs_path else [])
     cfg = compose_train(overrides)
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     assert "_target_" in cfg[group] and cfg[group]._target_.startswith("nanugpt.")
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_each_default_lives_in_the_yaml_alone(group, option):
+    """A constructor default for a key the YAML sets is a second place for it, which drifts (a
+    schedule once said warmup 100 where its YAML said 50): the constructors have none."""
+    cfg = OmegaConf.to_container(compose_train([f"{group}={option}"])[group])
+    params = inspect.signature(get_object(cfg.pop("_target_"))).parameters
+    cfg.pop("_partial_", None)
+    assert set(cfg) <= set(params), f"{group}={option} sets keys its constructor does not take"
+    doubled = [k for k in cfg if params[k].default is not inspect.Parameter.empty]
+    assert doubled == [], f"{group}={option}: constructor defaults for {doubled}, which the YAML sets"
 
 
 def test_shared_values_flow_through_interpolation():
@@ -98,6 +111,7 @@ SCHEMA_BAD: dict[str, dict[str, list[str]]] = {
         "training.zero1": ["maybe"],
         "eval.every": ["0", "-100", "abc"],
         "eval.iters": ["0", "-1", "abc"],
+        "eval.test_iters": ["-1", "abc"],
         "eval.checkpoint": ["best", "all"],
         "eval.keep_last": ["-1", "abc"],
         "logging.every": ["0", "-1", "abc"],
@@ -140,10 +154,10 @@ SCHEMA_BAD: dict[str, dict[str, list[str]]] = {
     },
 }
 
-# The groups whose options are checked argument by argument. The model, optim, sched, scaler and
-# loss constructors are being made to check their arguments: list them here once they do, with
-# their bad values in PLUGIN_BAD (by _target_) and, for a partial factory, its call in BUILD.
-PLUGIN_GROUPS = ["data", "tokenizer"]
+# The groups whose options are checked argument by argument: all of them. Each option's bad
+# values are in PLUGIN_BAD (by _target_); a group that train.py builds in a special way (a
+# partial factory, a model that waits for the data's vocab) has that build in BUILD.
+PLUGIN_GROUPS = GROUPS
 HUB_BAD = {
     "name": ["''", "[a]"],
     "path": ["''", "[a]"],
@@ -159,9 +173,42 @@ HUB_BAD = {
     "max_docs": ["0", "-1", "abc"],
     "shard_docs": ["0", "-1", "abc"],
     "num_proc": ["0", "-1", "abc"],
+    "test_split": ["''", "[a]"],
     "cache_dir": ["''", "[a]"],
 }
 FRACTION_BAD = ["0", "1", "-0.1", "nan", "abc"]
+# Model sizes; 7 divides none of the configs' widths, 3 none of their head counts.
+SHAPE_BAD = {
+    "vocab_size": ["0", "abc"],  # null: from the data
+    "context_length": ["0", "-1", "abc"],
+    "n_layer": ["0", "1.5", "abc"],
+    "n_head": ["0", "7", "abc"],
+    "n_embd": ["0", "abc"],
+}
+DROPOUT_BAD = ["-0.1", "1", "abc"]
+GPT_BAD = {
+    **SHAPE_BAD,
+    "dropout": DROPOUT_BAD,
+    "bias": ["maybe", "1"],
+    "vocab_multiple": ["0", "abc"],
+}
+ROPE_BAD = {"rope_theta": ["0", "-1", "abc"]}
+LLAMA_BAD = {
+    **SHAPE_BAD,
+    **ROPE_BAD,
+    "n_kv_head": ["0", "3", "abc"],
+    "intermediate_size": ["0", "abc"],
+    "norm_eps": ["0", "abc"],
+    "tie_embeddings": ["maybe", "1"],
+}
+ADAMW_BAD = {
+    "lr": ["0", "-3e-4", "abc"],
+    "weight_decay": ["-0.1", "abc"],
+    "betas": ["[0.9]", "[0.9,1.0]", "[1.5,0.9]", "abc"],
+    "eps": ["0", "abc"],
+    "fused": ["maybe", "1"],
+}
+AMP_BAD = {"enabled": ["maybe", "1"], "init_scale": ["0", "abc"], "growth_interval": ["0", "1.5", "abc"]}
 PLUGIN_BAD: dict[str, dict[str, list[str]]] = {
     "nanugpt.data.pystdlib.PyStdlibCorpus": {"val_fraction": FRACTION_BAD, "max_bytes": ["0", "-1", "abc"]},
     "nanugpt.data.text.TextFiles": {
@@ -202,13 +249,66 @@ PLUGIN_BAD: dict[str, dict[str, list[str]]] = {
         "eot_token": ["''", "5"],
     },
     "nanugpt.tokenizers.grokking.GrokkingTokenizer": {"p": ["1", "abc"]},
+    "nanugpt.data.shards.ShardFiles": {"path": ["''", "[a]", "{missing}", "{dir}"], "vocab_size": ["0", "abc"]},
+    "nanugpt.models.gpt.GPT": GPT_BAD,
+    "nanugpt.models.tiny_transformer.TinyTransformer": {**SHAPE_BAD, "dropout": DROPOUT_BAD},
+    "nanugpt.models.gpt_modern.GPTModern": {**SHAPE_BAD, **ROPE_BAD, "logit_softcap": ["-1", "abc"]},
+    "nanugpt.models.llama.Llama": LLAMA_BAD,
+    "nanugpt.models.hf.hf_gpt2": {**SHAPE_BAD, "dropout": DROPOUT_BAD},
+    "nanugpt.models.hf.hf_llama": LLAMA_BAD,
+    "nanugpt.optim.adamw.adamw": ADAMW_BAD,
+    "nanugpt.optim.sgd.sgd": {
+        **{k: ADAMW_BAD[k] for k in ("lr", "weight_decay")},
+        "momentum": ["1.0", "-0.5", "abc"],
+        "nesterov": ["maybe", "1"],
+    },
+    "nanugpt.optim.muon.muon": {
+        **{k: ADAMW_BAD[k] for k in ("lr", "weight_decay")},
+        "momentum": ["1.0", "-0.5", "abc"],
+        "nesterov": ["maybe", "1"],
+        "ns_steps": ["0", "100", "1.5", "abc"],
+        "ns_dtype": ["fp8", "5"],
+        "adjust_lr_fn": ["rms", "5"],
+        "embed_lr": ["0", "abc"],
+        "head_lr": ["0", "abc"],
+        "scalar_lr": ["0", "abc"],
+        "adamw_betas": ADAMW_BAD["betas"],
+        "adamw_weight_decay": ADAMW_BAD["weight_decay"],
+        "adamw_eps": ADAMW_BAD["eps"],
+    },
+    "nanugpt.sched.warmup_stable_decay.warmup_stable_decay": {
+        "max_steps": ["0", "1.5", "abc"],
+        "warmup_steps": ["-1", "2.5", "abc"],
+        "decay_fraction": ["1.2", "-0.1", "abc"],
+        "decay_shape": ["cube", "5"],
+        "min_lr_ratio": ["1.5", "-0.1", "abc"],
+    },
+    "nanugpt.sched.lr_range_test.lr_range_test": {
+        "max_steps": ["0", "abc"],
+        "min_lr": ["0", "abc"],
+        "max_lr": ["1e-6", "abc"],  # not above min_lr=1e-5
+    },
+    "nanugpt.losses.autoregressive.AutoregressiveLoss": {"ignore_index": ["0", "5", "null", "abc"]},
+    "nanugpt.losses.arithmetic.AnswerLoss": {"ignore_index": ["0", "5", "null", "abc"]},
+    "nanugpt.scalers.amp.AmpScaler": AMP_BAD,
+    "nanugpt.scalers.per_tensor_norm.PerTensorNormScaler": {**AMP_BAD, "eps": ["0", "abc"]},
 }
 # Overrides an option needs before its other arguments can be judged one at a time.
-OPTION_BASE = {("data", "text"): ["data.path={dir}"], ("tokenizer", "hf"): ["tokenizer.train=true"]}
+OPTION_BASE = {
+    ("data", "text"): ["data.path={dir}"],
+    ("data", "shards"): ["data.path={shards}"],
+    ("tokenizer", "hf"): ["tokenizer.train=true"],
+}
 # Options that cannot be built here with valid values (the BPE ranks would be downloaded).
 NEEDS_NETWORK = {("tokenizer", "gpt2"), ("tokenizer", "cl100k"), ("tokenizer", "o200k")}
-# How train.py builds a group that is a partial factory (none of PLUGIN_GROUPS yet).
-BUILD: dict[str, Callable[[Any, DictConfig], Any]] = {}
+# How train.py builds a group before any data is prepared, where that is more than instantiate:
+# the model, optimizer and schedule together on the meta device; the scaler's factory called.
+BUILD: dict[str, Callable[[DictConfig], Any]] = {
+    "model": check_model_optimizer_schedule,
+    "optim": check_model_optimizer_schedule,
+    "sched": check_model_optimizer_schedule,
+    "scaler": lambda cfg: instantiate(cfg.scaler)("cpu", float16=False),
+}
 
 
 def schema_keys(schema: type, prefix: str = "") -> list[str]:
@@ -224,7 +324,13 @@ def schema_keys(schema: type, prefix: str = "") -> list[str]:
 
 
 ENTRY_SCHEMAS = {"train": TrainConfig, "generate": GenerateConfig, "prepare": PrepareConfig}
-ENTRY_GROUPS = {"train": ["data", "tokenizer"], "generate": [], "prepare": ["data", "tokenizer"]}  # built at start-up
+# What each entry point builds before any data is prepared, in its order ("model": the model,
+# optimizer and schedule on the meta device).
+ENTRY_GROUPS = {
+    "train": ["loss", "scaler", "model", "data", "tokenizer"],
+    "generate": [],
+    "prepare": ["data", "tokenizer"],
+}
 
 
 def test_the_table_lists_every_key_of_every_schema():
@@ -232,9 +338,22 @@ def test_the_table_lists_every_key_of_every_schema():
         assert sorted(SCHEMA_BAD[entry]) == sorted(schema_keys(schema)), entry
 
 
-def option_args(group: str, option: str) -> tuple[str, list[str]]:
-    """(_target_, argument names) of one option, from its YAML."""
+def option_node(group: str, option: str) -> dict[str, Any]:
+    """One option's YAML, with the options of its group that its defaults list names under it
+    (scaler=none is amp's with enabled: false); read at collection time, where composing every
+    option would cost seconds."""
     node = yaml.safe_load((Path(CONF_DIR) / group / f"{option}.yaml").read_text()) or {}
+    base: dict[str, Any] = {}
+    for entry in node.pop("defaults", []):
+        assert isinstance(entry, str), f"{group}={option}: only same-group defaults are read here"
+        if entry != "_self_":
+            base.update(option_node(group, entry))
+    return {**base, **node}
+
+
+def option_args(group: str, option: str) -> tuple[str, list[str]]:
+    """(_target_, argument names) of one option."""
+    node = option_node(group, option)
     return node["_target_"], [k for k in node if not k.startswith("_")]
 
 
@@ -245,7 +364,11 @@ PLUGIN_ROWS = [(g, o, a) for g in PLUGIN_GROUPS for o in options(g) for a in opt
 def places(tmp_path_factory) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("places")
     (tmp / "a_file.txt").write_text("some text to train on\n" * 10)
-    return {"file": str(tmp / "a_file.txt"), "missing": str(tmp / "missing.pt"), "dir": str(tmp)}
+    shards = tmp_path_factory.mktemp("shards")
+    for split in ("train", "val"):  # nanoGPT's headerless uint16 layout
+        np.arange(1000, dtype=np.uint16).tofile(shards / f"{split}.bin")
+    places = {"file": tmp / "a_file.txt", "missing": tmp / "missing.pt", "dir": tmp, "shards": shards}
+    return {name: str(path) for name, path in places.items()}
 
 
 @pytest.fixture(scope="module")
@@ -278,8 +401,7 @@ def apply_override(cfg: DictConfig, line: str) -> None:
 
 
 def build(cfg: DictConfig, group: str) -> Any:
-    built = instantiate(cfg[group])
-    return BUILD[group](built, cfg) if group in BUILD else built
+    return BUILD[group](cfg) if group in BUILD else instantiate(cfg[group])
 
 
 def start(entry: str, cfg: DictConfig, groups: list[str], override: str | None = None) -> None:
@@ -350,6 +472,22 @@ def test_the_base_of_every_schema_row_is_accepted(entry, composed):
 
 
 @pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["sched=wsd", "training.max_steps=100", "sched.warmup_steps=90"], "sched.warmup_steps=90 does not fit"),
+        (["sched=lr_range_test", "sched.min_lr=0.1", "sched.max_lr=0.01"], "sched.max_lr=0.01 .* > 0.1"),
+        (["model.n_embd=30", "model.n_head=4"], "model.n_head=4 does not divide model.n_embd=30"),
+        (["model=llama_tiny", "model.n_embd=36"], "model.n_head=4 gives heads of odd width"),
+    ],
+)
+def test_values_that_only_conflict_together_are_named_together(overrides, message, composed):
+    """Each fine alone, so no row of the tables above tries them; still caught before any data."""
+    cfg = composed("train", *overrides)
+    assert re.search(message, user_error_message("train", cfg, ENTRY_GROUPS["train"]))
+    assert not composed.untouched.exists()
+
+
+@pytest.mark.parametrize(
     "entry,overrides,message",
     [
         ("train", ["data=text"], "data.path has no value and no default; pass it on the command line, e.g. data.path="),
@@ -370,9 +508,10 @@ def test_data_dir_from_the_environment_is_named(composed, places, monkeypatch):
         assert f"paths.data_dir={value!r} (from NANUGPT_DATA)" in message and problem in message, message
 
 
-def test_example_data_needs_no_data_dir(composed, places):
-    cfg = composed("train", "experiment=grokking", f"paths.data_dir={places['file']}")
-    start("train", cfg, ["data", "tokenizer"])
+def test_example_data_and_shards_need_no_data_dir(composed, places):
+    for data in (["experiment=grokking"], ["data=shards", f"data.path={places['shards']}"]):
+        cfg = composed("train", *data, f"paths.data_dir={places['file']}")
+        start("train", cfg, ENTRY_GROUPS["train"])
 
 
 def test_an_unwritable_dir_is_named(composed, tmp_path):

@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from nanugpt.data.examples import ExampleData, build_example_data, encode_examples, split_indices
+from nanugpt.data.examples import ExampleSource, encode_examples, split_indices
 from nanugpt.errors import check_value
 from nanugpt.tokenizers.base import Tokenizer
 
 ANSWER_DIGITS = {"+": lambda n: n + 1, "*": lambda n: 2 * n}
 
 
-class ArithmeticStrings:
+class ArithmeticStrings(ExampleSource):
     name = "arithmetic"
 
     def __init__(
@@ -74,33 +74,10 @@ class ArithmeticStrings:
         train, val = split_indices(len(inputs), self.train_fraction, self.seed)
         return {"train": (inputs[train], targets[train]), "val": (inputs[val], targets[val])}
 
-    def batches(
-        self,
-        tokenizer: Tokenizer,
-        global_batch_size: int,
-        device_batch_size: int,
-        rank: int,
-        world_size: int,
-        seed: int,
-        device: torch.device,
-    ) -> ExampleData:
-        splits = self.examples(tokenizer)
-        meta: dict[str, Any] = {
-            "source": self.name,
+    def meta(self) -> dict[str, Any]:
+        return {
             "op": self.op,
             "n_digits": self.n_digits,
             "reverse_answer": self.reverse_answer,
             "split_seed": self.seed,
         }
-        return build_example_data(
-            splits["train"],
-            splits["val"],
-            tokenizer,
-            meta,
-            global_batch_size,
-            device_batch_size,
-            rank,
-            world_size,
-            seed,
-            device,
-        )

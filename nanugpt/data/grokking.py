@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from nanugpt.data.examples import ExampleData, build_example_data, encode_examples, split_indices
+from nanugpt.data.examples import ExampleSource, encode_examples, split_indices
 from nanugpt.errors import ConfigError, check_value
 from nanugpt.tokenizers.base import Tokenizer
 from nanugpt.tokenizers.grokking import OPERATORS
@@ -30,7 +30,7 @@ def modular_table(p: int, op: str) -> list[tuple[int, int, int]]:
     return [(a, b, apply(a, b) % p) for a in range(p) for b in range(p)]
 
 
-class ModularArithmetic:
+class ModularArithmetic(ExampleSource):
     name = "grokking"
 
     def __init__(self, p: int, op: str, train_fraction: float, seed: int) -> None:
@@ -51,42 +51,14 @@ class ModularArithmetic:
 
     def examples(self, tokenizer: Tokenizer) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Train and val (inputs, targets) after the seeded split."""
-        inputs, targets = encode_examples(tokenizer, *self.equations())
-        train, val = split_indices(len(inputs), self.train_fraction, self.seed)
-        return {"train": (inputs[train], targets[train]), "val": (inputs[val], targets[val])}
-
-    def batches(
-        self,
-        tokenizer: Tokenizer,
-        global_batch_size: int,
-        device_batch_size: int,
-        rank: int,
-        world_size: int,
-        seed: int,
-        device: torch.device,
-    ) -> ExampleData:
         if getattr(tokenizer, "p", self.p) != self.p:
             raise ConfigError(
                 f"tokenizer.p={tokenizer.p} differs from data.p={self.p}; drop the override (the grokking tokenizer "
                 f"takes ${{data.p}})."
             )
-        splits = self.examples(tokenizer)
-        meta: dict[str, Any] = {
-            "source": self.name,
-            "p": self.p,
-            "op": self.op,
-            "train_fraction": self.train_fraction,
-            "split_seed": self.seed,
-        }
-        return build_example_data(
-            splits["train"],
-            splits["val"],
-            tokenizer,
-            meta,
-            global_batch_size,
-            device_batch_size,
-            rank,
-            world_size,
-            seed,
-            device,
-        )
+        inputs, targets = encode_examples(tokenizer, *self.equations())
+        train, val = split_indices(len(inputs), self.train_fraction, self.seed)
+        return {"train": (inputs[train], targets[train]), "val": (inputs[val], targets[val])}
+
+    def meta(self) -> dict[str, Any]:
+        return {"p": self.p, "op": self.op, "train_fraction": self.train_fraction, "split_seed": self.seed}

@@ -1,4 +1,4 @@
-"""Data sets through Hugging Face `datasets`: tinystories, wikitext103, openwebtext, fineweb_edu_10b,
+"""Data sets through Hugging Face `datasets`: tinystories, wikitext103, openwebtext, fineweb_edu_10b, fineweb_10b,
 or any hub id / local files (`data.path=parquet data.data_files=...`) with a text column.
 
 Prepare tokenizes one shard of `shard_docs` documents at a time with `Dataset.map(batched=True,
@@ -13,6 +13,9 @@ import hashlib
 import json
 import math
 import os
+import socket
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator, Mapping
 from functools import cached_property
 from typing import Any
@@ -24,6 +27,7 @@ from nanugpt.errors import ConfigError, UnavailableInputError, check_value
 from nanugpt.tokenizers.base import Tokenizer, eot_id
 
 SPLIT_SEED = 2357  # nanoGPT's openwebtext val split seed
+HUB_PROBE_TIMEOUT_S = 10.0
 
 
 def encode_texts(tokenizer: Tokenizer, texts: list[str]) -> list[np.ndarray]:
@@ -63,6 +67,7 @@ class HubDataset:
         train_split: str,
         val_split: str | None,
         val_fraction: float,
+        test_split: str | None,
         text_field: str,
         eot_between_docs: bool,
         text_separator: str,
@@ -85,6 +90,7 @@ class HubDataset:
         check_value("data.train_split", train_split, str)
         check_value("data.val_split", val_split, str, null="hold out data.val_fraction of train")
         check_value("data.val_fraction", val_fraction, float, gt=0, lt=1, fix="E.g. data.val_fraction=0.0005.")
+        check_value("data.test_split", test_split, str, null="no test evaluation")
         check_value(
             "data.text_field", text_field, str, fix="The column that holds the text, e.g. data.text_field=text."
         )
@@ -104,6 +110,8 @@ class HubDataset:
             OmegaConf.to_container(data_files, resolve=True) if OmegaConf.is_config(data_files) else data_files
         )
         self.train_split, self.val_split, self.val_fraction = train_split, val_split, val_fraction
+        self.test_split = test_split
+        self.split_names = ("train", "val", "test") if test_split else ("train", "val")
         self.text_field, self.eot_between_docs, self.text_separator = text_field, eot_between_docs, text_separator
         self.max_docs, self.shard_docs = max_docs, shard_docs
         self.num_proc = num_proc or max(1, (os.cpu_count() or 2) - 1)
@@ -124,6 +132,7 @@ class HubDataset:
                 self.val_fraction,
                 self.max_docs,
                 self.text_field,
+                *([self.test_split] if self.test_split else []),  # absent: fingerprints of before stay valid
             ],
             default=str,
         )
@@ -133,6 +142,7 @@ class HubDataset:
         import datasets  # imported here: a plain text run never pays for it
 
         try:
+            self._check_hub_reachable()
             return datasets.load_dataset(
                 self.path,
                 self.hub_config,
@@ -150,7 +160,27 @@ class HubDataset:
                 "directory under paths.data_dir; or set HF_HUB_OFFLINE=1 with the data set already in "
                 "the Hugging Face cache; or load local copies with data.path=parquet (or json, arrow) "
                 "data.data_files=/path/to/files."
-            ) from err
+            ) from None
+
+    def _check_hub_reachable(self) -> None:
+        """Without network the hub client retries for half a minute or more before it gives up;
+        one connection attempt says the same at once. Skipped for local files, in offline mode
+        (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE: `datasets` reads only its cache) and behind a proxy
+        (only the client knows how to go through it)."""
+        from datasets import config
+        from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+        offline = getattr(config, "HF_HUB_OFFLINE", False) or getattr(config, "HF_DATASETS_OFFLINE", False)
+        url = urllib.parse.urlsplit(config.HF_ENDPOINT)
+        local = self.path in _PACKAGED_DATASETS_MODULES or os.path.exists(self.path)
+        proxies = urllib.request.getproxies()
+        if offline or local or proxies.get(url.scheme) or proxies.get("all"):
+            return
+        try:
+            port = url.port or (80 if url.scheme == "http" else 443)
+            socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+        except OSError as err:
+            raise ConnectionError(f"the hub at {config.HF_ENDPOINT} cannot be reached ({err})") from None
 
     @cached_property
     def splits(self) -> dict[str, Any]:
@@ -176,9 +206,17 @@ class HubDataset:
                 f"data.text_field={self.text_field} is not a column of {self.path}; it has "
                 f"{', '.join(train.column_names)}."
             )
+        splits = {"train": train, "val": val}
+        if self.test_split is not None:
+            if self.test_split not in loaded:
+                raise ConfigError(
+                    f"data.test_split={self.test_split} is not a split of {self.path}; it has "
+                    f"{', '.join(loaded)}. Pick one of those, or data.test_split=null for no test evaluation."
+                )
+            splits["test"] = loaded[self.test_split]
         if self.max_docs is not None:
-            train, val = (d.select(range(min(len(d), self.max_docs))) for d in (train, val))
-        return {"train": train, "val": val}
+            splits = {name: d.select(range(min(len(d), self.max_docs))) for name, d in splits.items()}
+        return splits
 
     def _separator(self, tokenizer: Tokenizer | None) -> tuple[int | None, str]:
         eot = eot_id(tokenizer) if tokenizer is not None and self.eot_between_docs else None

@@ -22,6 +22,7 @@ TEXT_PIECE_CHARS = 1 << 20
 
 class TokenSource(Protocol):
     name: str
+    split_names: tuple[str, ...]  # ("train", "val"), plus "test" where the corpus has one
 
     def fingerprint(self) -> str:
         """Identifies the content, so a changed corpus is never served from a stale cache."""
@@ -47,6 +48,7 @@ class TextSource:
     """
 
     name = "text"
+    split_names = ("train", "val")
 
     def __init__(self, val_fraction: float) -> None:
         check_value(
