@@ -1,9 +1,11 @@
 """Train a GPT: `python -m nanugpt.train [overrides]`.
 
-`_train` tells a run in phases, each a function below it: set up the process; build the run
-(data, model, the data-parallel wrap with its optimizer, schedule, loss scaler: one `build_*`
-each); resume; the loop (one `train_step`, its metrics row, evaluate, checkpoint, stop on a
-signal); finish, saying how to sample from what was trained.
+`train` checks every value, joins the process group, checks the machine and holds the run dir;
+`_train` then tells the run in phases, each a function below it: set up the process; build the
+run (every plugin checked before any data is prepared, then data, model, the data-parallel wrap
+with its optimizer, schedule: one `build_*` each); resume; the loop (one `train_step`, its
+metrics row, evaluate, checkpoint, stop on a signal); finish, saying how to sample from what
+was trained.
 """
 
 from __future__ import annotations
@@ -32,40 +34,28 @@ if TYPE_CHECKING:  # torch.distributed.optim costs 1.2 s of import time; only Ze
 from nanugpt import dist
 from nanugpt.checkpoint import (
     all_rng_states,
-    clean_state_dict,
     find_resume_checkpoint,
     load_model_state,
     read_log,
     restore_rng_state,
     save_checkpoint,
 )
-from nanugpt.config import register_configs
-from nanugpt.data.loader import RandomWindowBatches, fixed_eval_batches
-from nanugpt.data.prepared import PreparedData, prepare
+from nanugpt.config import check_train_environment, register_configs, validate_train
+from nanugpt.data.build import build_data
+from nanugpt.data.contract import BatchSpec, Data
 from nanugpt.errors import ConfigError, NonFiniteLossError, report_user_errors
 from nanugpt.metrics import format_duration
 from nanugpt.models.with_loss import ModelWithLoss
 from nanugpt.observe import RunObserver, peak_flops
 from nanugpt.optim import state_bytes
 from nanugpt.preemption import StopSignal
+from nanugpt.resume import log_config_changes, restore_optimizer_and_schedule, restore_scaler
+from nanugpt.rundir import RunDirInUseError, hold_run_dir, move_file_logs
 from nanugpt.utils import CONF_DIR, seed_everything
 
 log = logging.getLogger("nanugpt.train")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def grad_accum_steps(global_batch_size: int, device_batch_size: int, world_size: int) -> int:
-    per_step = device_batch_size * world_size
-    if global_batch_size % per_step != 0:
-        raise ConfigError(
-            f"training.global_batch_size={global_batch_size} is not divisible by "
-            f"training.device_batch_size={device_batch_size} x world_size={world_size} = {per_step}. "
-            f"Pick a global batch that is a multiple of {per_step} (e.g. "
-            f"{max(per_step, global_batch_size // per_step * per_step)}), "
-            "or change device_batch_size."
-        )
-    return global_batch_size // per_step
 
 
 def autocast_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -103,16 +93,20 @@ def autocast(device: torch.device, amp_dtype: torch.dtype) -> torch.autocast:
 
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
+    validate_train(cfg)  # every value, before any work
     info = dist.init_distributed(cfg.training.device)
-    stop = StopSignal()  # SIGTERM/SIGUSR2: checkpoint at the end of the step, then exit
+    stop = StopSignal()  # SIGTERM/SIGUSR2/SIGINT: checkpoint at the end of the step, then exit
     failed = True
     try:
+        check_train_environment(cfg, run_dir)  # the device, data dir and run dir, before any work
         run_dir = use_master_run_dir(run_dir, info)
-        best = _train(cfg, run_dir, info, stop)
+        with hold_run_dir(run_dir, info):  # refused while another process trains in this dir
+            best = _train(cfg, run_dir, info, stop)
         failed = False
         return best
     except BaseException as e:
-        if not (isinstance(e, SystemExit) and stop.requested):  # a preempted run is not a failed one
+        # A preempted run is not a failed one; a refused one never started (log.txt is the other run's).
+        if not (isinstance(e, SystemExit) and stop.requested) and not isinstance(e, RunDirInUseError):
             log.error("Run failed: %s: %s", type(e).__name__, e)  # the line `nanugpt.report` reads as failed
         raise
     finally:
@@ -121,20 +115,21 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
 
 
 def use_master_run_dir(run_dir: Path, info: dist.DistInfo) -> Path:
-    """Under torchrun every rank composes its own config, and `${now:...}` in hydra.run.dir can
-    resolve a second apart: all ranks use rank 0's run dir (for resume=auto too), and a rank's
-    own dir, if different, is removed when Hydra's files are all it holds."""
+    """Under torchrun every rank composes its own config, and `${now:...}` in hydra.run.dir
+    resolves to a different microsecond in each: all ranks use rank 0's run dir (for resume=auto
+    too), and a rank's own dir, if different, is removed when Hydra's files are all it holds."""
     master_dir = Path(dist.broadcast_object(str(run_dir), info))
     if master_dir != run_dir and {p.name for p in run_dir.iterdir()} <= {".hydra", "log.txt"}:
         shutil.rmtree(run_dir, ignore_errors=True)
+        move_file_logs(run_dir, master_dir)  # this rank's warnings go to rank 0's log.txt
     return master_dir
 
 
 def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal) -> float:
     tcfg = cfg.training
     # ---- set up the process, build the run, resume it
-    amp_dtype = set_up_process(cfg, info)
-    run = build_run(cfg, info, amp_dtype)
+    spec, amp_dtype = set_up_process(cfg, info)
+    run = build_run(cfg, info, spec, amp_dtype)
     start_step, val_losses = resume(cfg, run_dir, run, info)
     observer = build_observer(cfg, run_dir, run, info, start_step)
     ckpt_dir, tokens_per_step = run_dir / "checkpoints", tcfg.global_batch_size * cfg.model.context_length
@@ -144,7 +139,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
     for step in range(start_step + 1, tcfg.max_steps + 1):
         step_start = time.perf_counter()
         stats = train_step(run, info, tcfg.grad_clip, stop.requested)
-        preempted = stats.stop  # a rank got SIGTERM/SIGUSR2: all finish this step, checkpoint, stop
+        preempted = stats.stop  # a rank got SIGTERM/SIGUSR2/SIGINT: all finish this step, checkpoint, stop
         check_finite(stats, step, tcfg.skip_nonfinite, ckpt_dir)
         if step == start_step + 1:  # optimizers create their state on the first step
             log_optimizer_state(run)
@@ -152,10 +147,13 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
         row = train_row(stats, step, step_s, eta_s, tokens_per_step)
 
         # evaluate every eval.every steps, at the last step, and before stopping on a signal
-        evaluating = step % cfg.eval.every == 0 or step == tcfg.max_steps or preempted
+        is_last = step == tcfg.max_steps
+        evaluating = step % cfg.eval.every == 0 or is_last or preempted
         if evaluating:
             row.update(validate(run, info, stats.loss, step, ckpt_dir))
             is_best = val_losses.record(row["val/loss"])
+        if is_last and run.data.test is not None:  # once, in the final row: eval.test_iters batches
+            row.update(evaluate(run.net, run.data.test, run.autocast, info, "test"))
 
         # The row before the checkpoint: a run killed in between redoes this step and rewrites
         # its row; the other order would resume after a step whose row was never written.
@@ -163,7 +161,8 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
         if evaluating and cfg.eval.checkpoint != "none":
             save_state(cfg, run, info, ckpt_dir, step, val_losses, is_best)
         if preempted:
-            log_stopping(step, info)
+            if info.is_master:  # the signal's own message: preempted, or Ctrl-C
+                log.warning(stop.message(step, run_dir, checkpointed=cfg.eval.checkpoint != "none"))
             break
 
     # ---- finish
@@ -178,9 +177,9 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
 # ---------------------------------------------------------------- set up the process
 
 
-def set_up_process(cfg: DictConfig, info: dist.DistInfo) -> torch.dtype:
+def set_up_process(cfg: DictConfig, info: dist.DistInfo) -> tuple[BatchSpec, torch.dtype]:
     """Logging, threads, matmul precision and the seed; checks the batch split and dtype before
-    any work. Returns the autocast dtype."""
+    any work. Returns how the global batch is cut up and the autocast dtype."""
     tcfg = cfg.training
     if not info.is_master:  # only rank 0 talks; warnings and errors of any rank still show
         root = logging.getLogger()
@@ -188,66 +187,15 @@ def set_up_process(cfg: DictConfig, info: dist.DistInfo) -> torch.dtype:
             logger_or_handler.setLevel(logging.WARNING)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    grad_accum_steps(tcfg.global_batch_size, tcfg.device_batch_size, info.world_size)
+    # An indivisible global batch fails here, before anything is loaded.
+    spec = BatchSpec.from_config(cfg, info.rank, info.world_size, info.device)
     amp_dtype = autocast_dtype(tcfg.dtype, info.device)
     configure_matmul_precision(info.device)
     seed_everything(tcfg.seed)
-    return amp_dtype
+    return spec, amp_dtype
 
 
 # ---------------------------------------------------------------- build the run
-
-
-def prepare_data(cfg: DictConfig) -> PreparedData:
-    return prepare(
-        source=instantiate(cfg.data),
-        tokenizer=instantiate(cfg.tokenizer),
-        data_dir=cfg.paths.data_dir,
-        data_cfg=OmegaConf.to_container(cfg.data, resolve=True),
-        tokenizer_cfg=OmegaConf.to_container(cfg.tokenizer, resolve=True),
-    )
-
-
-@dataclass
-class TrainData:
-    train_batches: Any  # next_step() -> this rank's micro-batches; state_dict()/load_state_dict(): the position
-    val_batches: list[tuple[torch.Tensor, torch.Tensor]]  # the same batches at every eval
-    vocab_size: int
-    meta: dict[str, Any]  # saved in checkpoints (a char vocab, a trained BPE, ...)
-
-
-def build_data(cfg: DictConfig, info: dist.DistInfo) -> TrainData:
-    """A text corpus is tokenized once into a cache keyed by data + tokenizer config and read as
-    random windows; example data (grokking, arithmetic: one row each, answer-only targets)
-    brings its own batches, and evaluates on its whole val split."""
-    tcfg, context_length = cfg.training, cfg.model.context_length
-    source = instantiate(cfg.data)
-    if hasattr(source, "batches"):
-        data = source.batches(
-            instantiate(cfg.tokenizer),
-            tcfg.global_batch_size,
-            tcfg.device_batch_size,
-            info.rank,
-            info.world_size,
-            tcfg.seed,
-            info.device,
-        )
-        return TrainData(data.train_batches, data.val_batches, data.vocab_size, data.meta)
-    data = prepare_data(cfg)
-    train_batches = RandomWindowBatches(
-        data.train,
-        context_length,
-        tcfg.global_batch_size,
-        tcfg.device_batch_size,
-        info.rank,
-        info.world_size,
-        tcfg.seed,
-        info.device,
-    )
-    val_batches = fixed_eval_batches(
-        data.val, context_length, tcfg.device_batch_size, cfg.eval.iters, info.rank, info.world_size, info.device
-    )
-    return TrainData(train_batches, val_batches, data.vocab_size, data.meta)
 
 
 def set_vocab_size(cfg: DictConfig, data_vocab_size: int) -> None:
@@ -262,10 +210,22 @@ def set_vocab_size(cfg: DictConfig, data_vocab_size: int) -> None:
         )
 
 
-def build_model(cfg: DictConfig, device: torch.device) -> tuple[Any, ModelWithLoss]:
+STAND_IN_VOCAB = 256  # the model's vocab in the argument check below, until the data says what it is
+
+
+def check_model_optimizer_schedule(cfg: DictConfig) -> None:
+    """Build the model, its optimizer and schedule on the meta device (no memory, no init work,
+    no random numbers drawn) and drop them, so a bad argument of any of them fails before data is
+    prepared. A stand-in takes the place of a model.vocab_size that the data will fill in."""
+    vocab = {"vocab_size": STAND_IN_VOCAB} if cfg.model.get("vocab_size") is None else {}
+    with torch.device("meta"):
+        build_scheduler(cfg, build_optimizer(cfg, instantiate(cfg.model, **vocab)))
+
+
+def build_model(cfg: DictConfig, loss_fn: Any, device: torch.device) -> tuple[Any, ModelWithLoss]:
     """The model, and the model with its loss: the module the loop calls (so compile fuses both)."""
     model = instantiate(cfg.model)
-    return model, ModelWithLoss(model, instantiate(cfg.loss)).to(device)
+    return model, ModelWithLoss(model, loss_fn).to(device)
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -342,30 +302,39 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: Any
-    data: TrainData
+    data: Data
+    spec: BatchSpec
     amp_dtype: torch.dtype
     autocast: torch.autocast
     parallel: str  # parallel_mode()
 
 
-def build_run(cfg: DictConfig, info: dist.DistInfo, amp_dtype: torch.dtype, data: TrainData | None = None) -> Run:
-    """Data first (the model's vocab comes from it), then the model, its wrap and optimizer, the
-    schedule and the loss scaler. `data` replaces the configured data (the benchmark's random tokens)."""
+def build_run(
+    cfg: DictConfig, info: dist.DistInfo, spec: BatchSpec, amp_dtype: torch.dtype, data: Data | None = None
+) -> Run:
+    """Every plugin's arguments are checked before any data is prepared (the data and tokenizer
+    plugins check theirs when built): the loss and scaler are built first (they draw no random
+    numbers); the model, optimizer and schedule need the data's vocab, so they are tried out on
+    the meta device. Then the data (see nanugpt/data/build.py), the model, its wrap and
+    optimizer, the schedule. `data` replaces the configured data (the benchmark's random tokens)."""
+    loss_fn = instantiate(cfg.loss)
+    scaler = build_scaler(cfg, info.device, amp_dtype)
+    check_model_optimizer_schedule(cfg)
     if data is None:
-        data = build_data(cfg, info)
+        data = build_data(cfg, spec)
     set_vocab_size(cfg, data.vocab_size)
-    model, net = build_model(cfg, info.device)
+    model, net = build_model(cfg, loss_fn, info.device)
     parallel = parallel_mode(cfg, info)
     net, optimizer = parallelize(cfg, model, net, info, parallel)
     scheduler = build_scheduler(cfg, optimizer)
-    scaler = build_scaler(cfg, info.device, amp_dtype)
     if info.is_distributed:
         seed_everything(cfg.training.seed + info.rank)  # per-rank dropout masks; DDP broadcasts rank 0's init
-    log_run_summary(cfg, model, info)
-    return Run(model, net, optimizer, scheduler, scaler, data, amp_dtype, autocast(info.device, amp_dtype), parallel)
+    log_run_summary(cfg, model, info, spec)
+    amp = autocast(info.device, amp_dtype)
+    return Run(model, net, optimizer, scheduler, scaler, data, spec, amp_dtype, amp, parallel)
 
 
-def log_run_summary(cfg: DictConfig, model: Any, info: dist.DistInfo) -> None:
+def log_run_summary(cfg: DictConfig, model: Any, info: dist.DistInfo, spec: BatchSpec) -> None:
     tcfg = cfg.training
     log.info(
         "model %s: %s parameters | vocab %d | context %d | global batch %d = %d device x %d ranks x %d accum | %s "
@@ -377,7 +346,7 @@ def log_run_summary(cfg: DictConfig, model: Any, info: dist.DistInfo) -> None:
         tcfg.global_batch_size,
         tcfg.device_batch_size,
         info.world_size,
-        grad_accum_steps(tcfg.global_batch_size, tcfg.device_batch_size, info.world_size),
+        spec.grad_accum_steps,
         f"{tcfg.global_batch_size * cfg.model.context_length:,}",
     )
 
@@ -427,10 +396,11 @@ def resume(cfg: DictConfig, run_dir: Path, run: Run, info: dist.DistInfo) -> tup
     path, ckpt = resumed
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     load_model_state(run.model, ckpt["model"], path, ckpt.get("config", {}).get("model"), model_cfg)
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
-    run.scaler.load_state_dict(ckpt["scaler"])
-    run.data.train_batches.load_state_dict(ckpt["data"])
+    # The checkpoint's optimizer state, schedule position and loss scale; this config's hyperparameters
+    restore_optimizer_and_schedule(run.optimizer, run.scheduler, ckpt["optimizer"], ckpt["scheduler"])
+    restore_scaler(run.scaler, ckpt["scaler"])
+    log_config_changes(ckpt.get("config"), OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    run.data.train.load_state_dict(ckpt["data"])
     restore_rng_state(ckpt["rng"], info.rank, info.world_size)
     log.info("Resumed from %s at step %d (best val loss %.4f)", path, ckpt["step"], ckpt["best_val_loss"])
     return ckpt["step"], ValLosses(best=ckpt["best_val_loss"])
@@ -458,7 +428,7 @@ def train_step(run: Run, info: dist.DistInfo, grad_clip: float, stop_requested: 
     call this, so the benchmark times the code that trains."""
     net, optimizer, scaler = run.net, run.optimizer, run.scaler
     t = time.perf_counter()
-    micro_batches = run.data.train_batches.next_step()
+    micro_batches = run.data.train.next_step()
     data_s = time.perf_counter() - t
     accum = len(micro_batches)
     loss_sum = correct = scored = torch.zeros((), dtype=torch.float64, device=info.device)  # rebound, never in place
@@ -466,7 +436,7 @@ def train_step(run: Run, info: dist.DistInfo, grad_clip: float, stop_requested: 
         # DDP all-reduces gradients only on the last micro-step.
         sync = not info.is_distributed or micro_step == accum - 1
         with contextlib.nullcontext() if sync else net.no_sync(), run.autocast:
-            _, loss, micro_correct, micro_scored = net(x, y)
+            loss, micro_correct, micro_scored = net(x, y)
         scaler.scale(loss / accum).backward()
         loss_sum = loss_sum + loss.detach().double()
         correct, scored = correct + micro_correct.double(), scored + micro_scored.double()
@@ -553,25 +523,28 @@ def train_row(stats: StepStats, step: int, step_s: float, eta_s: float, tokens_p
 
 
 @torch.no_grad()
-def evaluate(net: torch.nn.Module, batches: list, autocast: Any, info: dist.DistInfo) -> dict[str, float]:
+def evaluate(
+    net: torch.nn.Module, batches: list, autocast: Any, info: dist.DistInfo, split: str = "val"
+) -> dict[str, float]:
+    """Loss, accuracy and perplexity over `batches` (all ranks' shares), as `<split>/...` metrics."""
     net.eval()
     loss_sum = correct = scored = torch.zeros((), dtype=torch.float64, device=info.device)  # rebound, never in place
     for x, y in batches:
         with autocast:
-            _, loss, batch_correct, batch_scored = net(x, y)
+            loss, batch_correct, batch_scored = net(x, y)
         loss_sum = loss_sum + loss.double() * batch_scored  # the loss is a mean over the scored tokens
         correct, scored = correct + batch_correct.double(), scored + batch_scored.double()
     sums = dist.sum_over_ranks(info, loss=loss_sum, correct=correct, scored=scored)
     net.train()
     scored = sums["scored"] or math.nan  # nothing scored: NaN metrics, not a ZeroDivisionError
     loss = sums["loss"] / scored
-    return {"val/loss": loss, "val/acc": sums["correct"] / scored, "val/ppl": math.exp(min(loss, 50.0))}
+    return {f"{split}/loss": loss, f"{split}/acc": sums["correct"] / scored, f"{split}/ppl": math.exp(min(loss, 50.0))}
 
 
 def validate(run: Run, info: dist.DistInfo, train_loss: float, step: int, ckpt_dir: Path) -> dict[str, float]:
     """The val metrics for this step's row. A non-finite val loss means the weights themselves are
     broken: the run stops before they can be checkpointed."""
-    metrics = evaluate(run.net, run.data.val_batches, run.autocast, info)
+    metrics = evaluate(run.net, run.data.val, run.autocast, info)
     if not math.isfinite(metrics["val/loss"]):
         raise nonfinite_error(f"the val loss is {metrics['val/loss']}", step, ckpt_dir, skippable=False)
     metrics["val/generalization_gap"] = metrics["val/loss"] - train_loss
@@ -586,15 +559,15 @@ def save_state(
     gathered); rank 0 writes."""
     rng = all_rng_states()
     state = {
-        "model": clean_state_dict(run.model.state_dict()),
+        "model": run.model.state_dict(),
         "optimizer": optimizer_state(run.optimizer, info, run.parallel == "zero1"),
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict(),
-        "data": run.data.train_batches.state_dict(),
+        "data": run.data.train.state_dict(),
         "rng": rng,
         "step": step,
         "best_val_loss": val_losses.best,
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         "data_meta": run.data.meta,
     }
     if info.is_master:
@@ -627,14 +600,6 @@ def nonfinite_error(what: str, step: int, ckpt_dir: Path, skippable: bool) -> No
 
 
 # ---------------------------------------------------------------- finish
-
-
-def log_stopping(step: int, info: dist.DistInfo) -> None:
-    if info.is_master:
-        log.warning(
-            "Stopping at step %d on a preemption/time-limit signal, checkpointed: resume=auto continues from it.",
-            step,
-        )
 
 
 def finish_message(run_dir: Path, ckpt_dir: Path, val_losses: ValLosses, loop_start: float | None) -> None:

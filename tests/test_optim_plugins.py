@@ -1,26 +1,32 @@
-"""adamw_nanogpt, muon (+ AdamW), sgd: parameter grouping, checkpoint round-trips, state size."""
+"""adamw (and adamw_nanogpt, its other config), muon (+ AdamW), sgd: parameter grouping,
+checkpoint round-trips, state size. Optimizers are built from their configs, as in training."""
 
 import io
 
 import pytest
 import torch
 
-from nanugpt.models.gpt import GPT
-from nanugpt.models.gpt_modern import GPTModern
-from nanugpt.models.llama import Llama
+from nanugpt.errors import CheckpointError
 from nanugpt.optim import state_bytes
-from nanugpt.optim.adamw import adamw
-from nanugpt.optim.adamw_nanogpt import adamw_nanogpt
-from nanugpt.optim.muon import Muon, MuonWithAdamW, muon, muon_param_groups, newton_schulz
-from nanugpt.optim.sgd import sgd
-from nanugpt.sched.cosine import cosine
+from nanugpt.optim.muon import Muon, MuonWithAdamW, muon_param_groups, newton_schulz
+
+from .conftest import build_model, plugin
 
 V = 40
 
 
-def llama() -> Llama:
-    torch.manual_seed(0)
-    return Llama(vocab_size=V, context_length=8, n_layer=2, n_head=2, n_kv_head=1, n_embd=16, intermediate_size=32)
+def optim(option: str, *overrides: str):
+    return plugin("optim", f"optim={option}", *overrides)
+
+
+def cosine(*overrides: str):
+    return plugin("sched", "sched=cosine", *overrides)
+
+
+def llama() -> torch.nn.Module:
+    return build_model(
+        "llama_tiny", vocab_size=V, context_length=8, n_head=2, n_kv_head=1, n_embd=16, intermediate_size=32
+    )
 
 
 def train_steps(model, optimizer, steps: int, seed: int = 0) -> None:
@@ -55,7 +61,7 @@ def test_muon_groups_hidden_matrices_apart_from_embeddings_head_and_norms():
 
 
 def test_muon_treats_a_tied_head_as_the_embedding_once():
-    model = GPT(vocab_size=V, context_length=8, n_layer=1, n_head=2, n_embd=16)
+    model = build_model("gpt_tiny", vocab_size=V, context_length=8, n_layer=1, n_head=2, n_embd=16)
     groups = muon_param_groups(model)
     assert names(model, groups["embed"]) == {"transformer.wpe.weight", "transformer.wte.weight"}  # wte is lm_head
     assert groups["head"] == [] and all(p.dim() == 2 for p in groups["hidden"])
@@ -64,7 +70,14 @@ def test_muon_treats_a_tied_head_as_the_embedding_once():
 
 def test_muon_optimizer_has_one_group_per_kind_with_its_own_lr_and_trains():
     model = llama()
-    opt = muon(model, lr=0.02, embed_lr=0.3, head_lr=0.004, scalar_lr=0.05, adamw_weight_decay=0.1)
+    opt = optim(
+        "muon",
+        "optim.lr=0.02",
+        "optim.embed_lr=0.3",
+        "optim.head_lr=0.004",
+        "optim.scalar_lr=0.05",
+        "optim.adamw_weight_decay=0.1",
+    )(model)
     assert [(g["name"], g["lr"]) for g in opt.param_groups] == [
         ("hidden", 0.02),
         ("embed", 0.3),
@@ -80,8 +93,8 @@ def test_muon_optimizer_has_one_group_per_kind_with_its_own_lr_and_trains():
 
 def test_a_scheduler_on_the_muon_wrapper_scales_every_inner_group():
     model = llama()
-    opt = muon(model, lr=0.02, embed_lr=0.01, head_lr=0.01, scalar_lr=0.01)
-    sched = cosine(opt, max_steps=10, warmup_steps=4, min_lr_ratio=0.1)
+    opt = optim("muon", "optim.lr=0.02", "optim.embed_lr=0.01", "optim.head_lr=0.01", "optim.scalar_lr=0.01")(model)
+    sched = cosine("training.max_steps=10", "sched.warmup_steps=4")(opt)
     train_steps(model, opt, 1)
     sched.step()
     assert opt.muon.param_groups[0]["lr"] == pytest.approx(0.02 * 2 / 4)
@@ -97,8 +110,9 @@ def save_load(obj):
 
 def test_muon_state_dict_round_trips_through_a_checkpoint_and_resumes_identically():
     model_a = llama()
-    opt_a = muon(model_a)
-    sched_a = cosine(opt_a, max_steps=20, warmup_steps=2)
+    make_opt, make_sched = optim("muon"), cosine("training.max_steps=20", "sched.warmup_steps=2")
+    opt_a = make_opt(model_a)
+    sched_a = make_sched(opt_a)
     train_steps(model_a, opt_a, 3)
     sched_a.step()
     ckpt = save_load(
@@ -108,8 +122,8 @@ def test_muon_state_dict_round_trips_through_a_checkpoint_and_resumes_identicall
     assert ckpt["optimizer"]["muon"]["state"]  # momentum buffers were saved
 
     model_b = llama()
-    opt_b = muon(model_b)
-    sched_b = cosine(opt_b, max_steps=20, warmup_steps=2)
+    opt_b = make_opt(model_b)
+    sched_b = make_sched(opt_b)
     model_b.load_state_dict(ckpt["model"])
     opt_b.load_state_dict(ckpt["optimizer"])
     sched_b.load_state_dict(ckpt["scheduler"])
@@ -123,17 +137,35 @@ def test_muon_state_dict_round_trips_through_a_checkpoint_and_resumes_identicall
     assert opt_b.param_groups[0] is opt_b.muon.param_groups[0]  # still linked after loading
 
 
-def test_muon_in_bf16_is_torchs_muon_bit_for_bit_and_cpu_defaults_to_float32():
+@pytest.mark.parametrize("adjust_lr_fn,nesterov", [("original", True), ("match_rms_adamw", False)])
+def test_muon_in_bf16_is_torchs_muon_bit_for_bit(adjust_lr_fn, nesterov):
+    """Our step (public API only) against torch.optim.Muon's: square, wide and tall matrices
+    (adjust_lr_fn scales by their shape), and one matrix without a gradient, which both skip."""
     models = [llama() for _ in range(2)]
     hidden = [muon_param_groups(m)["hidden"] for m in models]
-    kw = dict(lr=0.05, momentum=0.9, weight_decay=0.1, adjust_lr_fn="original")
+    assert {p.shape[0] > p.shape[1] for p in hidden[0]} == {True, False}
+    kw = dict(lr=0.05, momentum=0.9, weight_decay=0.1, nesterov=nesterov, adjust_lr_fn=adjust_lr_fn)
     reference = torch.optim.Muon(hidden[0], **kw)
     ours_bf16 = Muon(hidden[1], ns_dtype=torch.bfloat16, **kw)
-    for model, opt in zip(models, (reference, ours_bf16), strict=False):
-        train_steps(model, opt, 3)
+    before = hidden[0][0].detach().clone()
+    for model, params, opt in zip(models, hidden, (reference, ours_bf16), strict=False):
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            idx = torch.randint(0, V, (2, 8), generator=gen)
+            logits = model.logits(model(idx)).reshape(-1, V)
+            torch.nn.functional.cross_entropy(logits, idx.roll(-1, 1).reshape(-1)).backward()
+            params[0].grad = None  # as a frozen or unused weight
+            opt.step()
+            opt.zero_grad(set_to_none=True)
     for a, b in zip(*hidden, strict=False):
         assert torch.equal(a, b)  # the same update as torch's, step for step
+    assert torch.equal(hidden[1][0], before)  # no gradient: not even decayed
     assert ours_bf16.state_dict()["state"].keys() == reference.state_dict()["state"].keys()
+    fresh = muon_param_groups(llama())["hidden"]
+    assert not any(torch.equal(p, q) for p, q in zip(hidden[1][1:], fresh[1:], strict=True))  # the rest moved
+
+
+def test_muon_newton_schulz_in_float32_and_cpu_defaults_to_it():
     # float32: the same orthogonalisation, rounded less (singular values in NS's ~(0.7, 1.2) band)
     g = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
     bf16, fp32 = (
@@ -142,29 +174,30 @@ def test_muon_in_bf16_is_torchs_muon_bit_for_bit_and_cpu_defaults_to_float32():
     assert 0 < (bf16 - fp32).norm() / fp32.norm() < 0.05
     sv = torch.linalg.svdvals(fp32)
     assert 0.6 < sv.min() and sv.max() < 1.25
-    assert muon(llama()).muon.ns_dtype == torch.float32  # CPU params: bf16 matmuls may be emulated there
-    with pytest.raises(ValueError, match="ns_dtype=fp8"):
-        muon(llama(), ns_dtype="fp8")
+    assert optim("muon")(llama()).muon.ns_dtype == torch.float32  # CPU params: bf16 matmuls may be emulated there
 
 
 def test_loading_another_optimizers_state_into_muon_names_the_fix():
     model = llama()
-    with pytest.raises(ValueError, match="resume=never"):
-        muon(model).load_state_dict(adamw(model).state_dict())
+    with pytest.raises(CheckpointError, match="resume=never"):
+        optim("muon")(model).load_state_dict(optim("adamw")(model).state_dict())
 
 
-def test_adamw_nanogpt_decays_matrices_only_and_picks_the_multi_tensor_path_on_cpu():
+@pytest.mark.parametrize("option", ["adamw", "adamw_nanogpt"])
+def test_adamw_decays_matrices_only_and_picks_the_multi_tensor_path_on_cpu(option):
     model = llama()
-    opt = adamw_nanogpt(model, weight_decay=0.1)
+    opt = optim(option, "optim.weight_decay=0.3")(model)
+    assert isinstance(opt, torch.optim.AdamW)
     decayed, plain = opt.param_groups
-    assert decayed["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decayed["params"])
+    assert decayed["weight_decay"] == 0.3 and all(p.dim() == 2 for p in decayed["params"])
     assert plain["weight_decay"] == 0.0 and all(p.dim() == 1 for p in plain["params"])
     assert opt.defaults["foreach"] is True and not opt.defaults["fused"]
+    assert optim(option, "optim.fused=true")(model).defaults["fused"] is True  # torch's CPU kernel, when asked
 
 
 def test_sgd_momentum_trains_and_decays_matrices_only():
     model = llama()
-    opt = sgd(model, lr=0.1, momentum=0.9, weight_decay=0.01)
+    opt = optim("sgd", "optim.lr=0.1", "optim.momentum=0.9", "optim.weight_decay=0.01")(model)
     assert opt.defaults["nesterov"] and [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
     before = model.lm_head.weight.detach().clone()
     train_steps(model, opt, 2)
@@ -172,18 +205,18 @@ def test_sgd_momentum_trains_and_decays_matrices_only():
 
 
 def test_optimizer_state_size_counts_moments_and_momentum_buffers():
-    model = GPTModern(vocab_size=V, context_length=8, n_layer=2, n_head=2, n_embd=16)
+    model = build_model("gpt_modern", vocab_size=V, context_length=8, n_head=2, n_embd=16)
     n_params = sum(p.numel() for p in model.parameters())
     hidden = sum(p.numel() for p in muon_param_groups(model)["hidden"])
-    for make, expected in [
-        (lambda m: adamw(m), 2 * n_params * 4),  # exp_avg + exp_avg_sq, float32
-        (lambda m: sgd(m), n_params * 4),  # momentum buffer
-        (lambda m: muon(m), hidden * 4 + 2 * (n_params - hidden) * 4),  # Muon: momentum; AdamW: 2 moments
+    for option, expected in [
+        ("adamw", 2 * n_params * 4),  # exp_avg + exp_avg_sq, float32
+        ("sgd", n_params * 4),  # momentum buffer
+        ("muon", hidden * 4 + 2 * (n_params - hidden) * 4),  # Muon: momentum; AdamW: 2 moments
     ]:
-        opt = make(model)
+        opt = optim(option)(model)
         assert state_bytes(opt) == 0  # created lazily on the first step
         train_steps(model, opt, 1)
         step_counters = 8 * len([1 for p in model.parameters()])  # AdamW's per-parameter `step` scalars (float32)
         got = state_bytes(opt)
         assert expected <= got <= expected + step_counters, (type(opt).__name__, got, expected)
-    assert isinstance(muon(model), MuonWithAdamW)
+    assert isinstance(optim("muon")(model), MuonWithAdamW)

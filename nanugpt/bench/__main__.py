@@ -17,7 +17,7 @@ from nanugpt.bench.gpu import bench_gpu
 from nanugpt.bench.prepare import bench_prepare
 from nanugpt.bench.speedrun import bench_speedrun
 from nanugpt.bench.train import bench_train
-from nanugpt.config import BenchConfig, register_configs
+from nanugpt.config import BenchConfig, register_configs, validate_bench
 from nanugpt.errors import report_user_errors
 from nanugpt.utils import CONF_DIR
 
@@ -64,6 +64,7 @@ def main() -> None:
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="bench")
     @report_user_errors
     def run(cfg: DictConfig) -> None:
+        validate_bench(cfg)  # the bench.* values; train.yaml's callback checked the training ones
         result = BENCHMARKS[what](cfg)
         if result is not None:
             report(what, cfg, command, result)

@@ -17,7 +17,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nanugpt import dist, train
-from nanugpt.data.loader import RandomWindowBatches, fixed_eval_batches
+from nanugpt.data.build import token_stream_data
+from nanugpt.data.contract import BatchSpec, Data, TokenSplits
 
 
 class Result(NamedTuple):
@@ -36,27 +37,23 @@ def build_run(cfg: DictConfig) -> tuple[train.Run, dist.DistInfo]:
     """The trainer's own set-up and build phases in this one process, on the configured data or,
     with bench.synthetic=true, on random tokens."""
     info = single_process(cfg)
-    amp_dtype = train.set_up_process(cfg, info)
-    return train.build_run(cfg, info, amp_dtype, synthetic_data(cfg, info) if cfg.bench.synthetic else None), info
+    spec, amp_dtype = train.set_up_process(cfg, info)
+    data = synthetic_data(cfg, spec) if cfg.bench.synthetic else None
+    return train.build_run(cfg, info, spec, amp_dtype, data), info
 
 
-def synthetic_data(cfg: DictConfig, info: dist.DistInfo) -> train.TrainData:
-    """Uniformly random tokens over the model's (or else the tokenizer's) vocab: no corpus to
-    prepare, where the figures do not depend on the text."""
-    tcfg, context_length = cfg.training, cfg.model.context_length
+def synthetic_data(cfg: DictConfig, spec: BatchSpec) -> Data:
+    """Uniformly random tokens over the model's (or else the tokenizer's) vocab, as a token
+    stream of the trainer's data contract: no corpus to prepare, where the figures do not depend
+    on the text."""
     vocab = cfg.model.get("vocab_size") or instantiate(cfg.tokenizer).vocab_size
     rng = np.random.default_rng(0)
-    n = max(1_000_000, 4 * tcfg.global_batch_size * (context_length + 1))
-    train_tokens = rng.integers(0, vocab, n, dtype=np.int64).astype(np.uint32)
-    val_tokens = rng.integers(0, vocab, n // 10, dtype=np.int64).astype(np.uint32)
-    return train.TrainData(
-        RandomWindowBatches(
-            train_tokens, context_length, tcfg.global_batch_size, tcfg.device_batch_size, 0, 1, tcfg.seed, info.device
-        ),
-        fixed_eval_batches(val_tokens, context_length, tcfg.device_batch_size, cfg.eval.iters, 0, 1, info.device),
-        vocab,
-        {},
-    )
+    n = max(1_000_000, 4 * spec.global_batch_size * (spec.context_length + 1))
+    splits = {
+        "train": [rng.integers(0, vocab, n, dtype=np.int64).astype(np.uint32)],
+        "val": [rng.integers(0, vocab, n // 10, dtype=np.int64).astype(np.uint32)],
+    }
+    return token_stream_data(TokenSplits(splits, vocab, {"source": "synthetic"}), spec, cfg.eval.iters)
 
 
 def training_overrides() -> list[str]:
@@ -114,7 +111,7 @@ def report(what: str, cfg: DictConfig, command: str, result: Result) -> Path:
         f"{result.device} | threads {torch.get_num_threads()} | load avg {os.getloadavg()[0]:.1f}"
     )
     print_table(f"nanugpt bench {what} | torch {torch.__version__} | {context}", result.rows)
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # Enum choices as their plain strings
     config.pop("bench")  # recorded as bench_options
     out = Path(cfg.bench.out or f"bench-{what}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,18 +16,18 @@ def bench_eval(cfg: DictConfig) -> Result:
     run, info = build_run(cfg)
     bench = cfg.bench
     for _ in range(max(1, bench.warmup // 3)):
-        train.evaluate(run.net, run.data.val_batches, run.autocast, info)
+        train.evaluate(run.net, run.data.val, run.autocast, info)
     times = []
     for _ in range(bench.repeats):
         sync(info.device)
         t = time.perf_counter()
-        train.evaluate(run.net, run.data.val_batches, run.autocast, info)
+        train.evaluate(run.net, run.data.val, run.autocast, info)
         sync(info.device)
         times.append(time.perf_counter() - t)
-    tokens = sum(x.numel() for x, _ in run.data.val_batches)
+    tokens = sum(x.numel() for x, _ in run.data.val)
     sec = median(times)
     row = {
-        "eval_iters": len(run.data.val_batches),  # val batches per pass (example data: its whole val split)
+        "eval_iters": len(run.data.val),  # val batches per pass (example data: its whole val split)
         "batch": cfg.training.device_batch_size,
         "tokens": tokens,
         "sec_per_eval": sec,

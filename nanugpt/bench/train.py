@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from nanugpt import train
 from nanugpt.bench.common import Result, build_run, sync
+from nanugpt.data.loader import RandomWindowBatches
 from nanugpt.errors import ConfigError
 from nanugpt.observe import peak_flops
 
@@ -45,14 +46,13 @@ def bench_train(cfg: DictConfig) -> Result:
 def plain_loop(cfg: DictConfig, run: train.Run, device: torch.device) -> Callable[[], float]:
     """The minimal loop everyone writes first: the same model and optimizer, a fresh copy, no
     wrappers, windows sliced from the same tokens. Returns its step (seconds waiting on data)."""
-    tokens = getattr(run.data.train_batches, "tokens", None)
-    if tokens is None:
+    if not isinstance(run.data.train, RandomWindowBatches):
         raise ConfigError(
             f"bench.plain_loop=true slices windows from a token stream, but this data ({cfg.data._target_}) brings "
             "its own example batches; pass bench.plain_loop=false to time the trainer's step alone."
         )
-    tcfg, context_length = cfg.training, cfg.model.context_length
-    accum = tcfg.global_batch_size // tcfg.device_batch_size
+    tokens = max(run.data.train.windows.shards, key=len)  # one token array: the largest train shard
+    tcfg, context_length, accum = cfg.training, cfg.model.context_length, run.spec.grad_accum_steps
     model = instantiate(cfg.model).to(device)
     optimizer = train.build_optimizer(cfg, model)
     step_model: Callable = torch.compile(model) if tcfg.compile else model

@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from nanugpt.data.examples import ExampleData, build_example_data, encode_examples, split_indices
+from nanugpt.data.examples import ExampleSource, encode_examples, split_indices
+from nanugpt.errors import ConfigError, check_value
 from nanugpt.tokenizers.base import Tokenizer
 from nanugpt.tokenizers.grokking import OPERATORS
 
@@ -29,17 +30,18 @@ def modular_table(p: int, op: str) -> list[tuple[int, int, int]]:
     return [(a, b, apply(a, b) % p) for a in range(p) for b in range(p)]
 
 
-class ModularArithmetic:
+class ModularArithmetic(ExampleSource):
     name = "grokking"
 
-    def __init__(self, p: int = 97, op: str = "/", train_fraction: float = 0.5, seed: int = 0) -> None:
-        if op not in OPERATORS:
-            raise ValueError(
-                f"data.op={op!r} is not one of {', '.join(repr(o) for o in OPERATORS)}; e.g. data.op=/ (quote it in a "
-                "shell: 'data.op=/')."
+    def __init__(self, p: int, op: str, train_fraction: float, seed: int) -> None:
+        check_value("data.op", op, str, choices=OPERATORS, fix="E.g. data.op=/ (quote it in a shell: 'data.op=*').")
+        check_value("data.p", p, int, ge=2, fix="The modulus, e.g. data.p=97.")
+        if op == "/" and not is_prime(p):
+            raise ConfigError(
+                f"data.p={p} must be a prime for division (b must have an inverse mod p), e.g. 97 or 223."
             )
-        if p < 2 or (op == "/" and not is_prime(p)):
-            raise ValueError(f"data.p={p} must be a prime for division (b must have an inverse mod p), e.g. 97 or 223.")
+        check_value("data.train_fraction", train_fraction, float, gt=0, lt=1, fix="E.g. data.train_fraction=0.5.")
+        check_value("data.seed", seed, int, ge=0)
         self.p, self.op, self.train_fraction, self.seed = p, op, train_fraction, seed
 
     def equations(self) -> tuple[list[str], list[str]]:
@@ -49,42 +51,14 @@ class ModularArithmetic:
 
     def examples(self, tokenizer: Tokenizer) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Train and val (inputs, targets) after the seeded split."""
+        if getattr(tokenizer, "p", self.p) != self.p:
+            raise ConfigError(
+                f"tokenizer.p={tokenizer.p} differs from data.p={self.p}; drop the override (the grokking tokenizer "
+                f"takes ${{data.p}})."
+            )
         inputs, targets = encode_examples(tokenizer, *self.equations())
         train, val = split_indices(len(inputs), self.train_fraction, self.seed)
         return {"train": (inputs[train], targets[train]), "val": (inputs[val], targets[val])}
 
-    def batches(
-        self,
-        tokenizer: Tokenizer,
-        global_batch_size: int,
-        device_batch_size: int,
-        rank: int,
-        world_size: int,
-        seed: int,
-        device: torch.device,
-    ) -> ExampleData:
-        if getattr(tokenizer, "p", self.p) != self.p:
-            raise ValueError(
-                f"tokenizer.p={tokenizer.p} differs from data.p={self.p}; drop the override (the grokking tokenizer "
-                f"takes ${{data.p}})."
-            )
-        splits = self.examples(tokenizer)
-        meta: dict[str, Any] = {
-            "source": self.name,
-            "p": self.p,
-            "op": self.op,
-            "train_fraction": self.train_fraction,
-            "split_seed": self.seed,
-        }
-        return build_example_data(
-            splits["train"],
-            splits["val"],
-            tokenizer,
-            meta,
-            global_batch_size,
-            device_batch_size,
-            rank,
-            world_size,
-            seed,
-            device,
-        )
+    def meta(self) -> dict[str, Any]:
+        return {"p": self.p, "op": self.op, "train_fraction": self.train_fraction, "split_seed": self.seed}

@@ -12,11 +12,16 @@ torch.optim.Muon runs Newton-Schulz in bfloat16, which CPUs without native bf16 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.optim._muon import _adjust_lr
+
+from nanugpt.errors import CheckpointError, ConfigError, check_value
+from nanugpt.optim.adamw import check_betas, check_lr_and_decay
+
+ADJUST_LR_FNS = ("original", "match_rms_adamw")
 
 
 def muon_param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -72,9 +77,19 @@ def newton_schulz(
     return x.T if tall else x
 
 
+def adjusted_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float:
+    """torch.optim.Muon's per-matrix lr: `original` (Keller Jordan) scales by sqrt(max(1, rows /
+    cols)), `match_rms_adamw` (Moonlight) by 0.2 sqrt(max(rows, cols)) so AdamW's lr carries over."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        return lr * math.sqrt(max(1.0, rows / cols))
+    return lr * 0.2 * math.sqrt(max(rows, cols))
+
+
 class Muon(torch.optim.Muon):
     """torch.optim.Muon with the Newton-Schulz precision as a choice: the same update, param
-    groups and state (`momentum_buffer`), so checkpoints move freely between the two."""
+    groups and state (`momentum_buffer`), so checkpoints move freely between the two. The step
+    is written here on public API only (torch's helpers are private)."""
 
     def __init__(self, params: Any, ns_dtype: torch.dtype = torch.bfloat16, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
@@ -84,28 +99,37 @@ class Muon(torch.optim.Muon):
     def step(self, closure: Any = None) -> Any:
         loss = run_closure(closure)
         for group in self.param_groups:
-            params: list[torch.Tensor] = []
-            grads: list[torch.Tensor] = []
-            bufs: list[torch.Tensor] = []
-            self._init_group(group, params, grads, bufs)
             lr, momentum = float(group["lr"]), group["momentum"]
-            for param, grad, buf in zip(params, grads, bufs, strict=False):  # as torch's _single_tensor_muon
+            # As torch's single-tensor Muon: the momentum buffer is created on a parameter's first
+            # gradient, and parameters without a gradient are skipped.
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad
+                if grad.is_sparse or torch.is_complex(param):
+                    raise RuntimeError("Muon supports neither sparse gradients nor complex parameters.")
+                state = self.state[param]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
                 buf.lerp_(grad, 1 - momentum)
                 update = grad.lerp(buf, momentum) if group["nesterov"] else buf
                 update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype)
                 param.mul_(1 - lr * group["weight_decay"])
-                param.add_(update, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], param.shape))
+                param.add_(update, alpha=-adjusted_lr(lr, group["adjust_lr_fn"], param.shape))
         return loss
 
 
 def resolve_ns_dtype(ns_dtype: str, device: torch.device) -> torch.dtype:
+    check_value(
+        "optim.ns_dtype",
+        ns_dtype,
+        str,
+        choices=("auto", "bfloat16", "float32"),
+        fix="auto picks bf16 on GPUs and float32 on CPUs.",
+    )
     if ns_dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if ns_dtype not in ("bfloat16", "float32"):
-        raise ValueError(
-            f"optim.ns_dtype={ns_dtype} is not one of auto, bfloat16, float32; auto picks bf16 on GPUs and float32 on "
-            "CPUs."
-        )
     return getattr(torch, ns_dtype)
 
 
@@ -134,7 +158,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if set(state_dict) != {"muon", "adamw"}:
-            raise ValueError(
+            raise CheckpointError(
                 f"This optimizer state has keys {sorted(state_dict)}, not a muon checkpoint's ['adamw', 'muon']; "
                 "resume with the optim= the checkpoint was trained with, or start a fresh run (resume=never)."
             )
@@ -145,23 +169,41 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
 def muon(
     model: nn.Module,
-    lr: float = 0.02,
-    momentum: float = 0.95,
-    nesterov: bool = True,
-    weight_decay: float = 0.0,
-    ns_steps: int = 5,
-    adjust_lr_fn: str | None = "original",
-    embed_lr: float = 5e-3,
-    head_lr: float = 5e-3,
-    scalar_lr: float = 5e-3,
-    adamw_betas: tuple[float, float] = (0.9, 0.95),
-    adamw_weight_decay: float = 0.0,
-    adamw_eps: float = 1e-8,
-    ns_dtype: str = "auto",
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    ns_steps: int,
+    adjust_lr_fn: str,
+    embed_lr: float,
+    head_lr: float,
+    scalar_lr: float,
+    adamw_betas: tuple[float, float],
+    adamw_weight_decay: float,
+    adamw_eps: float,
+    ns_dtype: str,
 ) -> MuonWithAdamW:
+    check_lr_and_decay(lr, weight_decay)
+    check_value("optim.momentum", momentum, float, ge=0, lt=1, fix="Set Muon's momentum, e.g. 0.95.")
+    check_value("optim.nesterov", nesterov, bool)
+    check_value("optim.ns_steps", ns_steps, int, ge=1, le=99, fix="Set the Newton-Schulz iterations, e.g. 5.")
+    check_value(
+        "optim.adjust_lr_fn",
+        adjust_lr_fn,
+        str,
+        choices=ADJUST_LR_FNS,
+        fix="original is Keller Jordan's lr scale; match_rms_adamw (Moonlight) reuses AdamW's lr and decay.",
+    )
+    for key, kind_lr in (("embed_lr", embed_lr), ("head_lr", head_lr), ("scalar_lr", scalar_lr)):
+        check_value(f"optim.{key}", kind_lr, float, gt=0, fix="Set AdamW's lr for that kind, e.g. 5e-3.")
+    check_betas("optim.adamw_betas", adamw_betas)
+    check_value(
+        "optim.adamw_weight_decay", adamw_weight_decay, float, ge=0, fix="Set 0 for no weight decay, or e.g. 0.1."
+    )
+    check_value("optim.adamw_eps", adamw_eps, float, gt=0, fix="Set a small positive number, e.g. 1e-8.")
     groups = muon_param_groups(model)
     if not groups["hidden"]:
-        raise ValueError(f"optim=muon found no hidden ≥2-D weights in {type(model).__name__}; use optim=adamw for it.")
+        raise ConfigError(f"optim=muon found no hidden ≥2-D weights in {type(model).__name__}; use optim=adamw for it.")
     muon_opt = Muon(
         groups["hidden"],
         ns_dtype=resolve_ns_dtype(ns_dtype, groups["hidden"][0].device),

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from nanugpt.errors import check_value
+
 OPERATORS = ("+", "-", "*", "/")
 
 
 class GrokkingTokenizer:
-    def __init__(self, p: int = 97) -> None:
-        if p < 2:
-            raise ValueError(f"tokenizer.p={p} must be at least 2 (the modulus; e.g. tokenizer.p=97).")
+    def __init__(self, p: int) -> None:
+        check_value("tokenizer.p", p, int, ge=2, fix="The modulus; the grokking configs take ${data.p}.")
         self.p = p
         self.name = f"grokking{p}"
         self.symbols = [str(i) for i in range(p)] + list(OPERATORS) + ["="]

@@ -15,7 +15,8 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizerImpl
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-EOT = "<|endoftext|>"
+from nanugpt.errors import ConfigError, MissingInputError, check_value
+
 CHUNK_CHARS = 1 << 16  # long texts encode in line-aligned pieces, in parallel
 
 
@@ -34,26 +35,29 @@ class HFTokenizer:
 
     def __init__(
         self,
-        path: str | None = None,
-        train: bool = False,
-        vocab_size: int = 4096,
-        min_frequency: int = 2,
-        eot_token: str = EOT,
+        path: str | None,
+        train: bool,
+        vocab_size: int,
+        min_frequency: int,
+        eot_token: str,
     ) -> None:
-        if bool(path) == bool(train):
-            raise ValueError(
+        check_value("tokenizer.path", path, str, null="train one: tokenizer.train=true")
+        check_value("tokenizer.train", train, bool)
+        if (path is None) == (not train):
+            raise ConfigError(
                 "tokenizer=hf needs exactly one of tokenizer.path=/path/to/tokenizer.json (a local "
                 "tokenizer) or tokenizer.train=true (train a BPE of tokenizer.vocab_size on the corpus)."
             )
-        if train and vocab_size < 257:
-            raise ValueError(f"tokenizer.vocab_size={vocab_size} must be at least 257 (256 bytes + {eot_token}).")
+        check_value("tokenizer.eot_token", eot_token, str, fix='The document separator, e.g. "<|endoftext|>".')
+        check_value("tokenizer.vocab_size", vocab_size, int, ge=257, fix=f"256 bytes + {eot_token} + merges.")
+        check_value("tokenizer.min_frequency", min_frequency, int, ge=1, fix="Merges of rarer pairs are not learned.")
         self.train, self.target_vocab_size, self.min_frequency = train, vocab_size, min_frequency
         self.eot_token = eot_token  # separates documents of hub data sets, if the vocab has it
         self.tok: HFTokenizerImpl | None = None
         if path:
             file = Path(path).expanduser()
             if not file.is_file():
-                raise FileNotFoundError(f"tokenizer.path={path} does not exist; pass a tokenizer.json file.")
+                raise MissingInputError(f"tokenizer.path={path} does not exist; pass a tokenizer.json file.")
             self.tok = HFTokenizerImpl.from_file(str(file))
 
     @property
