@@ -493,7 +493,13 @@ def ours(cfg: DictConfig, src: Source) -> dict[str, Any]:
     model = build_on_meta(m, src.params_vocab)
     embeddings = [mod.weight for mod in model.modules() if isinstance(mod, nn.Embedding)]
     muon = short_name(o._target_) == "muon"
-    schedule = short_name(s._target_)
+    # sched=cosine/linear/constant/wsd are presets of one warmup_stable_decay: name them as the sources do
+    if short_name(s._target_) != "warmup_stable_decay":
+        schedule = short_name(s._target_)
+    elif s.decay_fraction is None:
+        schedule = s.decay_shape
+    else:
+        schedule = "wsd" if s.decay_fraction > 0 else "constant"
     per_device = t.device_batch_size * src.gpus
     return {
         "corpus": (cfg.data.path, cfg.data.hub_config)
