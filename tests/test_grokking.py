@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 
 from nanugpt.data.contract import BatchSpec
 from nanugpt.data.examples import IGNORE_INDEX, ExampleBatches, eval_batches
-from nanugpt.data.grokking import ModularArithmetic, modular_table
+from nanugpt.data.grokking import OPERATIONS, ModularArithmetic, modular_table
 from nanugpt.errors import ConfigError
 from nanugpt.losses.autoregressive import AutoregressiveLoss
 from nanugpt.losses.grokking import LastTokenLoss
@@ -42,6 +42,53 @@ def test_table_is_the_operation_mod_p(op):
             assert (a * b - c) % p == 0
         else:
             assert b != 0 and (c * b - a) % p == 0  # c = a / b: the inverse, not integer division
+
+
+# Power et al.'s other operations (their Appendix A.1) and the reference system's x^3+xy^2+x, each
+# as a check on one row (a, b, c) written with Python's modular pow, apart from the data's formulas.
+DIRECT = {
+    "x**2+y**2": lambda a, b, c, p: c == (pow(a, 2, p) + pow(b, 2, p)) % p,
+    "x**2+x*y+y**2": lambda a, b, c, p: c == (pow(a, 2, p) + a * b % p + pow(b, 2, p)) % p,
+    "x**2+x*y+y**2+x": lambda a, b, c, p: c == (pow(a, 2, p) + a * b % p + pow(b, 2, p) + a) % p,
+    "x**3+x*y": lambda a, b, c, p: c == (pow(a, 3, p) + a * b % p) % p,
+    "x**3+x*y**2+x": lambda a, b, c, p: c == (pow(a, 3, p) + a * pow(b, 2, p) + a) % p,
+    "x**3+x*y**2+y": lambda a, b, c, p: c == (pow(a, 3, p) + a * pow(b, 2, p) + b) % p,
+    # x / y mod p for odd y (c * y = x), x - y for even y
+    "x/y_if_y_odd_else_x-y": lambda a, b, c, p: (c * b - a) % p == 0 if b % 2 else c == (a - b) % p,
+}
+
+
+def test_every_operation_has_a_direct_check():
+    assert set(OPERATIONS) == {"+", "-", "*", "/"} | set(DIRECT)
+
+
+@pytest.mark.parametrize("op", sorted(DIRECT))
+@pytest.mark.parametrize("p", [13, 97])
+def test_other_operations_tables_match_a_direct_formula(op, p):
+    table = modular_table(p, op)
+    assert [(a, b) for a, b, _ in table] == [(a, b) for a in range(p) for b in range(p)]  # every pair, b = 0 too
+    wrong = [(a, b, c) for a, b, c in table if not (0 <= c < p and DIRECT[op](a, b, c, p))]
+    assert not wrong, wrong[:5]
+
+
+def test_the_references_x3_xy2_x_is_what_its_name_says_not_its_code():
+    """sytelus/nanuGPT's "x^3+xy^2+x" computes x^3+xy^2+y; here the two differ wherever x != y."""
+    plus_x, plus_y = modular_table(13, "x**3+x*y**2+x"), modular_table(13, "x**3+x*y**2+y")
+    assert [a == b for (a, b, _) in plus_x] == [r == s for r, s in zip(plus_x, plus_y, strict=True)]
+
+
+def test_an_other_operation_is_one_more_token_after_the_four():
+    assert GrokkingTokenizer(7, "/").symbols == GrokkingTokenizer(7).symbols  # + - * /: the vocab as before
+    tok = GrokkingTokenizer(7, "x**3+x*y")
+    assert tok.vocab_size == 7 + 6 and tok.symbols[7:] == ["+", "-", "*", "/", "=", "x**3+x*y"]
+    assert tok.encode("3 x**3+x*y 5 = 0").tolist() == [3, 12, 5, 11, 0]
+    assert tok.decode(tok.encode("3 x**3+x*y 5 = 0")) == "3 x**3+x*y 5 = 0"
+    cfg = compose_train(["experiment=grokking", "data.op=x**3+x*y", "data.p=23"])
+    assert (cfg.tokenizer.op, cfg.tokenizer.p) == ("x**3+x*y", 23)
+    with pytest.raises(ValueError, match=r"no token for data.op='x\*\*3\+x\*y'"):
+        ModularArithmetic(7, "x**3+x*y", 0.5, 0).examples(GrokkingTokenizer(7))
+    with pytest.raises(ValueError, match="data.p=9 must be a prime"):
+        ModularArithmetic(9, "x/y_if_y_odd_else_x-y", 0.5, 0).examples(GrokkingTokenizer(9, "x/y_if_y_odd_else_x-y"))
 
 
 def test_split_is_seeded_disjoint_and_covers_the_table():
@@ -127,7 +174,46 @@ def test_experiment_composes_the_paper_setup():
     assert (cfg.data.p, cfg.data.op, cfg.data.train_fraction, cfg.tokenizer.p) == (97, "/", 0.5, 97)
     assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head) == (2, 128, 4)
     assert (cfg.optim.lr, list(cfg.optim.betas), cfg.training.global_batch_size) == (1e-3, [0.9, 0.98], 512)
+    assert cfg.optim.decay_all  # openai/grok passes every parameter to its AdamW
     assert compose_train(["experiment=grokking", "data.p=223"]).tokenizer.p == 223
+
+
+def test_the_reference_systems_p223_run_composes_as_published():
+    """sytelus/nanuGPT configs/grokking/prime223.yaml over base_config.yaml."""
+    cfg = compose_train(["experiment=grokking_p223_nanugpt"])
+    assert (cfg.data.p, cfg.data.op, cfg.data.train_fraction, cfg.tokenizer.p) == (223, "/", 0.5, 223)
+    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head) == (2, 128, 4)
+    o, t = cfg.optim, cfg.training
+    assert (o.lr, list(o.betas), o.eps, o.weight_decay, o.decay_all) == (1e-3, [0.9, 0.98], 1e-8, 0.1, True)
+    assert (t.max_steps, t.global_batch_size, t.grad_clip, t.dtype, t.seed) == (10_000, 512, 0.0, "float32", 42)
+    assert (cfg.sched.warmup_steps, cfg.sched.decay_fraction, cfg.eval.every) == (10, 0.0, 100)
+    model = instantiate(cfg.model, vocab_size=223 + 5)
+    optimizer = instantiate(cfg.optim)(model)
+    assert all(g["weight_decay"] == 0.1 for g in optimizer.param_groups)  # biases and norms too
+
+
+def test_an_other_operation_trains_through_the_loop(tmp_path):
+    """x**2+y**2 mod 23 (80% train): its extra token, rows and answers are learnt, and the held-out
+    equations are answered (val acc > 90%; chance is 4%), which fails if its table were wrong."""
+    cfg = compose_train(
+        [
+            "experiment=grokking",
+            "data.p=23",
+            "data.op=x**2+y**2",
+            "data.train_fraction=0.8",
+            "optim.lr=3e-3",
+            "model.n_embd=64",
+            "training.global_batch_size=64",
+            "training.device_batch_size=64",
+            "training.max_steps=150",
+            "eval.every=50",
+            "eval.checkpoint=none",
+        ]
+    )
+    train(cfg, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["train/loss"] == pytest.approx(torch.log(torch.tensor(23.0 + 6)).item(), abs=0.5)
+    assert [r["val/acc"] for r in rows if "val/acc" in r][-1] > 0.9
 
 
 def test_small_modular_addition_memorises_then_generalises(tmp_path):
@@ -170,6 +256,7 @@ def test_small_modular_addition_memorises_then_generalises(tmp_path):
 def test_variants_change_only_their_setting(name, op, p, wd):
     cfg = compose_train([f"experiment={name}"])
     assert (cfg.data.op, cfg.data.p, cfg.tokenizer.p, cfg.optim.weight_decay) == (op, p, p, wd)
+    assert cfg.optim.decay_all
     assert cfg.training.global_batch_size == 512 and cfg.model._target_.endswith("TinyTransformer")
 
 

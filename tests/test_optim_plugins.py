@@ -1,16 +1,21 @@
 """adamw (and adamw_nanogpt, its other config), muon (+ AdamW), sgd: parameter grouping,
-checkpoint round-trips, state size. Optimizers are built from their configs, as in training."""
+weight decay on all parameters when asked, Muon's momentum warmup (also through the training loop
+and a resume), checkpoint round-trips, state size. Optimizers are built from their configs, as in
+training."""
 
 import io
+from pathlib import Path
 
 import pytest
 import torch
 
-from nanugpt.errors import CheckpointError
+from nanugpt.checkpoint import load_checkpoint
+from nanugpt.errors import CheckpointError, ConfigError
 from nanugpt.optim import state_bytes
 from nanugpt.optim.muon import Muon, MuonWithAdamW, muon_param_groups, newton_schulz
+from nanugpt.train import train
 
-from .conftest import build_model, plugin
+from .conftest import TINY, build_model, compose_train, plugin
 
 V = 40
 
@@ -181,6 +186,108 @@ def test_loading_another_optimizers_state_into_muon_names_the_fix():
     model = llama()
     with pytest.raises(CheckpointError, match="resume=never"):
         optim("muon")(model).load_state_dict(optim("adamw")(model).state_dict())
+
+
+def modded_nanogpt_momentum(step: int, warmup_steps: int, start: float = 0.85, end: float = 0.95) -> float:
+    """modded-nanogpt train_gpt.py (records from 2024-11-08 on), for optimizer step `step` (0-based):
+    frac = min(step / 300, 1); momentum = (1 - frac) * 0.85 + frac * 0.95."""
+    frac = min(step / warmup_steps, 1)
+    return (1 - frac) * start + frac * end
+
+
+def test_muon_momentum_warmup_ramps_the_hidden_group_and_is_off_by_default():
+    model = llama()
+    opt = optim("muon", "optim.momentum_warmup_steps=3", "optim.momentum_start=0.5", "optim.momentum=0.9")(model)
+    hidden = opt.muon.param_groups[0]
+    seen = [hidden["momentum"]]  # before the first step: the first step's momentum
+    for _ in range(5):
+        train_steps(model, opt, 1)
+        seen.append(hidden["momentum"])  # the momentum the step just taken used
+    assert seen == [modded_nanogpt_momentum(k, 3, 0.5, 0.9) for k in (0, 0, 1, 2, 3, 4)]
+    assert {opt.muon.state[p]["step"] for p in hidden["params"]} == {5}
+    plain_model = llama()
+    plain = optim("muon", "optim.momentum=0.9")(plain_model)  # momentum_warmup_steps: 0 in muon.yaml
+    train_steps(plain_model, plain, 2)
+    assert plain.muon.param_groups[0]["momentum"] == 0.9
+    with pytest.raises(
+        ConfigError, match=r"optim.momentum_warmup_steps=-1 is out of range: it must be an integer >= 0"
+    ):
+        optim("muon", "optim.momentum_warmup_steps=-1")(model)
+    with pytest.raises(
+        ConfigError, match=r"optim.momentum_start=1.0 is out of range: it must be a number >= 0 and < 1"
+    ):
+        optim("muon", "optim.momentum_start=1.0")(model)
+
+
+def test_muon_momentum_warmup_through_the_training_loop_and_a_resume(tmp_path, monkeypatch):
+    """The hidden group's momentum at each step of a real run follows modded-nanogpt's ramp, and a
+    run stopped at step 3 and resumed continues it (and its weights) exactly. Muon.step is wrapped
+    to record the momentum each step used; the real step runs."""
+    used: list[float] = []
+    real_step = Muon.step
+
+    def recording_step(self, closure=None):
+        loss = real_step(self, closure)
+        used.append(self.param_groups[0]["momentum"])
+        return loss
+
+    monkeypatch.setattr(Muon, "step", recording_step)
+    run = [
+        *TINY,
+        "data.max_bytes=60000",
+        "optim=muon",
+        "optim.momentum_warmup_steps=4",
+        "sched=constant",  # its lr does not depend on training.max_steps, which the resume raises
+        "sched.warmup_steps=0",
+        "eval.every=3",
+    ]
+    train(compose_train([*run, "training.max_steps=6"]), tmp_path / "whole")
+    whole = list(used)
+    assert whole == [modded_nanogpt_momentum(k, 4) for k in range(6)]
+    used.clear()
+    train(compose_train([*run, "training.max_steps=3"]), tmp_path / "resumed")
+    train(compose_train([*run, "training.max_steps=6"]), tmp_path / "resumed")
+    assert used == whole
+
+    def last(run_dir: Path) -> dict:
+        return load_checkpoint(run_dir / "checkpoints" / "last.pt")
+
+    a, b = last(tmp_path / "whole"), last(tmp_path / "resumed")
+    assert b["step"] == 6 and {s["step"] for s in b["optimizer"]["muon"]["state"].values()} == {6}
+    assert b["optimizer"]["muon"]["param_groups"][0]["momentum"] == modded_nanogpt_momentum(5, 4)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+@pytest.mark.parametrize("option", ["adamw", "adamw_nanogpt", "sgd"])
+def test_decay_all_decays_norms_and_biases_too(option):
+    """One AdamW step with zero gradients moves a parameter only by weight decay: p *= 1 - lr wd."""
+    lr, wd = 0.1, 0.5
+    for decay_all in (False, True):
+        model = build_model("gpt_tiny", vocab_size=V, context_length=8, n_layer=1, n_head=2, n_embd=16)
+        opt = optim(option, f"optim.lr={lr}", f"optim.weight_decay={wd}", f"optim.decay_all={decay_all}")(model)
+        assert [g["weight_decay"] for g in opt.param_groups] == [wd, wd if decay_all else 0.0]
+        if option == "sgd":
+            continue
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        for n, p in model.named_parameters():
+            decayed = decay_all or p.dim() >= 2
+            assert torch.allclose(p, before[n] * (1 - lr * wd) if decayed else before[n]), (n, decay_all)
+        assert {n for n, p in model.named_parameters() if p.dim() < 2} >= {"transformer.ln_f.weight"}
+    with pytest.raises(ConfigError, match="optim.decay_all='yes' is a str: it must be true or false"):
+        optim(option, "optim.decay_all=yes")(model)
+
+
+def test_muon_decay_all_decays_norm_gains_with_adamws_weight_decay():
+    for decay_all, scalar_decay in ((False, 0.0), (True, 0.2)):
+        opt = optim("muon", "optim.adamw_weight_decay=0.2", f"optim.decay_all={decay_all}")(llama())
+        assert {g["name"]: g["weight_decay"] for g in opt.adamw.param_groups} == {
+            "embed": 0.2,
+            "head": 0.2,
+            "scalar": scalar_decay,
+        }
 
 
 @pytest.mark.parametrize("option", ["adamw", "adamw_nanogpt"])

@@ -306,6 +306,8 @@ SOURCES = {
         eps=1e-8,
         optim_extra={
             "momentum": 0.95,
+            "momentum_warmup_steps": 300,  # muon_momentum_warmup: 0.85 -> 0.95, as modded-nanogpt
+            "momentum_start": 0.85,
             "nesterov": True,
             "ns_steps": 5,
             "adjust_lr_fn": "original",
@@ -386,6 +388,7 @@ SOURCES = {
         eps=1e-8,
         optim_extra={
             "momentum": 0.95,
+            "momentum_warmup_steps": 0,  # constant momentum: the warmup came with record 2024-11-08
             "nesterov": True,
             "ns_steps": 5,
             "adjust_lr_fn": "original",

@@ -2,18 +2,21 @@
 pip and cached; see tests/tiktoken_files.py), hf (tokenizers). Each trains a few steps and
 samples from its checkpoint."""
 
+import socket
 import sysconfig
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from nanugpt.checkpoint import load_checkpoint
 from nanugpt.data.contract import BatchSpec
 from nanugpt.data.loader import RandomWindowBatches, TokenWindows
 from nanugpt.data.prepared import prepare
 from nanugpt.data.text import TextFiles
+from nanugpt.errors import UnavailableInputError
 from nanugpt.generate import build_from_checkpoint, encode_prompt
 from nanugpt.tokenizers.char import CharTokenizer
 from nanugpt.tokenizers.hf import HFTokenizer
@@ -137,6 +140,74 @@ def test_hf_tokenizer_trains_a_bpe_and_loads_from_file(tmp_path):
         HFTokenizer(**plugin_args("tokenizer", "hf"))
     with pytest.raises(FileNotFoundError, match="tokenizer.path=.*missing.json"):
         HFTokenizer(**plugin_args("tokenizer", "hf", path=str(tmp_path / "missing.json")))
+
+
+@pytest.fixture
+def local_hub(monkeypatch):
+    """huggingface_hub's endpoint pointed at a real listening local socket, so the reachability
+    check passes without network; the download itself is then a stand-in (below)."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    server = socket.create_server(("127.0.0.1", 0))
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for proxy in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    yield huggingface_hub
+    server.close()
+
+
+def test_hf_tokenizer_by_hub_id_downloads_its_tokenizer_json_with_hf_token(tmp_path, monkeypatch, local_hub):
+    """There is no network here: hf_hub_download is replaced by a stand-in that records its
+    arguments and returns a tokenizer.json trained here, as the hub client returns its cached file."""
+    trained = HFTokenizer(**plugin_args("tokenizer", "hf", train=True, vocab_size=300))
+    trained.fit({"train": iter([STDLIB_SNIPPET * 3]), "val": iter([])})
+    (tmp_path / "tokenizer.json").write_text(trained.state()["tokenizer_json"])
+    calls = []
+
+    def hub_download_stand_in(repo_id, filename, **kwargs):
+        calls.append((repo_id, filename, kwargs.get("token")))
+        return str(tmp_path / "tokenizer.json")
+
+    monkeypatch.setattr(local_hub, "hf_hub_download", hub_download_stand_in)
+    monkeypatch.setenv("HF_TOKEN", "hf_token_from_env")
+    cfg = compose_train(["tokenizer=hf", "tokenizer.name=meta-llama/Llama-2-7b-hf"])
+    tok = instantiate(cfg.tokenizer)
+    assert calls == [("meta-llama/Llama-2-7b-hf", "tokenizer.json", "hf_token_from_env")]
+    assert np.array_equal(tok.encode(STDLIB_SNIPPET), trained.encode(STDLIB_SNIPPET)) and tok.vocab_size == 300
+    monkeypatch.delenv("HF_TOKEN")
+    HFTokenizer(**plugin_args("tokenizer", "hf", name="gpt2"))
+    assert calls[-1] == ("gpt2", "tokenizer.json", None)  # no token: the hub client's own login, if any
+    with pytest.raises(ValueError, match="exactly one of tokenizer.path.*tokenizer.name"):
+        HFTokenizer(**plugin_args("tokenizer", "hf", path=str(tmp_path / "tokenizer.json"), name="gpt2"))
+
+
+def test_hf_tokenizer_by_hub_id_offline_is_one_paragraph(tmp_path):
+    """Real: offline mode and an empty Hugging Face cache, through the CLI."""
+    proc = run_cli(
+        "nanugpt.prepare",
+        "tokenizer=hf",
+        "tokenizer.name=meta-llama/Llama-2-7b-hf",
+        cwd=REPO,
+        check=False,
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "NANUGPT_DATA": str(tmp_path / "d")},
+    )
+    assert proc.returncode != 0
+    err = proc.stderr
+    assert "Traceback" not in err and err.count("Could not load") == 1
+    assert "Could not load the tokenizer of tokenizer.name=meta-llama/Llama-2-7b-hf from the Hugging Face hub" in err
+    assert "tokenizer.path=/path/to/tokenizer.json" in err and "HF_HUB_OFFLINE=1" in err and "HF_TOKEN" in err
+
+
+def test_hf_tokenizer_by_hub_id_unreachable_hub_fails_at_once(local_hub, monkeypatch):
+    """No network and no offline setting: one connection attempt (to a closed local port), not the
+    hub client's half minute of retries."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(UnavailableInputError, match=r"tokenizer.name=org/tok .*127.0.0.1:9 cannot be reached"):
+        HFTokenizer(**plugin_args("tokenizer", "hf", name="org/tok"))
 
 
 def test_large_vocab_is_stored_as_uint32_and_round_trips(tmp_path, tiktokens):

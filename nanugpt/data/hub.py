@@ -30,6 +30,21 @@ SPLIT_SEED = 2357  # nanoGPT's openwebtext val split seed
 HUB_PROBE_TIMEOUT_S = 10.0
 
 
+def check_hub_reachable(endpoint: str) -> None:
+    """Raise a ConnectionError at once if the hub at `endpoint` cannot be reached: without network
+    the hub clients retry for half a minute or more before they give up. Skipped behind a proxy
+    (only the client knows how to go through it)."""
+    url = urllib.parse.urlsplit(endpoint)
+    proxies = urllib.request.getproxies()
+    if proxies.get(url.scheme) or proxies.get("all"):
+        return
+    try:
+        port = url.port or (80 if url.scheme == "http" else 443)
+        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        raise ConnectionError(f"the hub at {endpoint} cannot be reached ({err})") from None
+
+
 def encode_texts(tokenizer: Tokenizer, texts: list[str]) -> list[np.ndarray]:
     batch = getattr(tokenizer, "encode_batch", None)  # tiktoken and HF tokenizers encode in parallel
     return batch(texts) if batch is not None else [tokenizer.encode(t) for t in texts]
@@ -163,24 +178,15 @@ class HubDataset:
             ) from None
 
     def _check_hub_reachable(self) -> None:
-        """Without network the hub client retries for half a minute or more before it gives up;
-        one connection attempt says the same at once. Skipped for local files, in offline mode
-        (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE: `datasets` reads only its cache) and behind a proxy
-        (only the client knows how to go through it)."""
+        """One connection attempt instead of the client's retries; skipped for local files and in
+        offline mode (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE: `datasets` reads only its cache)."""
         from datasets import config
         from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 
         offline = getattr(config, "HF_HUB_OFFLINE", False) or getattr(config, "HF_DATASETS_OFFLINE", False)
-        url = urllib.parse.urlsplit(config.HF_ENDPOINT)
         local = self.path in _PACKAGED_DATASETS_MODULES or os.path.exists(self.path)
-        proxies = urllib.request.getproxies()
-        if offline or local or proxies.get(url.scheme) or proxies.get("all"):
-            return
-        try:
-            port = url.port or (80 if url.scheme == "http" else 443)
-            socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
-        except OSError as err:
-            raise ConnectionError(f"the hub at {config.HF_ENDPOINT} cannot be reached ({err})") from None
+        if not (offline or local):
+            check_hub_reachable(config.HF_ENDPOINT)
 
     @cached_property
     def splits(self) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """AdamW with weight decay on matrices only (embeddings and linear weights), not on norms and
-biases; the fused CUDA kernel when the parameters are on a GPU, else the multi-tensor (foreach)
-path. `optim=adamw` and `optim=adamw_nanogpt` (nanoGPT's setup, the same) are its configs."""
+biases, unless `decay_all` (Power et al. 2022's grokking setup, and the reference system's, decay
+every parameter); the fused CUDA kernel when the parameters are on a GPU, else the multi-tensor
+(foreach) path. `optim=adamw` and `optim=adamw_nanogpt` (nanoGPT's setup, the same) are its configs."""
 
 from __future__ import annotations
 
@@ -12,12 +13,19 @@ import torch.nn as nn
 from nanugpt.errors import ConfigError, check_value
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
+    """Matrices, then norms and biases (decayed only with `decay_all`): two groups either way, so
+    a checkpoint resumes across a change of `decay_all`."""
+    check_decay_all(decay_all)
     params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
     return [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": weight_decay if decay_all else 0.0},
     ]
+
+
+def check_decay_all(decay_all: bool) -> None:
+    check_value("optim.decay_all", decay_all, bool, fix="true also decays norm gains and biases.")
 
 
 def check_lr_and_decay(lr: float, weight_decay: float) -> None:
@@ -33,13 +41,19 @@ def check_betas(key: str, betas: tuple[float, float]) -> None:
 
 
 def adamw(
-    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float, fused: bool | None
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float,
+    fused: bool | None,
+    decay_all: bool,
 ) -> torch.optim.AdamW:
     check_lr_and_decay(lr, weight_decay)
     check_betas("optim.betas", betas)
     check_value("optim.eps", eps, float, gt=0, fix="Set a small positive number, e.g. 1e-8.")
     check_value("optim.fused", fused, bool, null="the fused kernel when every parameter is on CUDA, else foreach")
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay, decay_all)
     if fused is None:
         # torch's own default is foreach on CUDA, the per-tensor loop on CPU: pick the single
         # fused kernel on CUDA, and the multi-tensor path everywhere else.

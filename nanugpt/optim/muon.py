@@ -5,6 +5,12 @@ is meant for the 2-D weights inside the network. Embeddings, the output head, no
 are better served by AdamW (modded-nanogpt; Moonlight, Liu et al. 2025). Each of the four kinds
 gets its own param group and lr; schedulers scale all of them by the same factor.
 
+Momentum warmup (modded-nanogpt from record 2024-11-08, 300 steps from 2024-11-24; the reference
+system's muon optimizer): Muon's step k (0-based) uses momentum (1 - f) momentum_start + f momentum
+with f = min(k / momentum_warmup_steps, 1), e.g. 0.85 -> 0.95 over 300 steps. k is the number of
+Muon steps taken, kept per parameter in the optimizer state (`step`, as Adam's), so a resumed run
+continues the ramp; the group's `momentum` is set from it before each step.
+
 torch.optim.Muon runs Newton-Schulz in bfloat16, which CPUs without native bf16 matmuls
 (AVX2-only, no AVX512-BF16/AMX) emulate ~40x slower than float32 (66 vs 1.7 ms for one
 512x128 matrix on a 2-core EPYC): `ns_dtype=auto` keeps bf16 on GPUs and uses float32 on CPUs.
@@ -19,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from nanugpt.errors import CheckpointError, ConfigError, check_value
-from nanugpt.optim.adamw import check_betas, check_lr_and_decay
+from nanugpt.optim.adamw import check_betas, check_decay_all, check_lr_and_decay
 
 ADJUST_LR_FNS = ("original", "match_rms_adamw")
 
@@ -86,19 +92,51 @@ def adjusted_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float
     return lr * 0.2 * math.sqrt(max(rows, cols))
 
 
-class Muon(torch.optim.Muon):
-    """torch.optim.Muon with the Newton-Schulz precision as a choice: the same update, param
-    groups and state (`momentum_buffer`), so checkpoints move freely between the two. The step
-    is written here on public API only (torch's helpers are private)."""
+def warmed_up_momentum(step: int, start: float, end: float, warmup_steps: int) -> float:
+    """The momentum of Muon step `step` (0-based): modded-nanogpt's ramp from `start` to `end`."""
+    frac = min(max(step, 0) / warmup_steps, 1.0) if warmup_steps > 0 else 1.0
+    return (1 - frac) * start + frac * end
 
-    def __init__(self, params: Any, ns_dtype: torch.dtype = torch.bfloat16, **kwargs: Any) -> None:
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon with the Newton-Schulz precision as a choice and an optional momentum
+    warmup: the same update, param groups and state (`momentum_buffer`, plus a `step` count), so
+    checkpoints move freely between the two (one without `step` restarts the warmup). The step is
+    written here on public API only (torch's helpers are private)."""
+
+    def __init__(
+        self,
+        params: Any,
+        ns_dtype: torch.dtype = torch.bfloat16,
+        momentum_warmup_steps: int = 0,
+        momentum_start: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(params, **kwargs)
         self.ns_dtype = ns_dtype
+        for group in self.param_groups:
+            # `momentum` is the momentum of the next step; `momentum_end` the one the warmup reaches.
+            end = group["momentum"]
+            start = end if momentum_start is None else momentum_start
+            group.update(momentum_start=start, momentum_end=end, momentum_warmup_steps=momentum_warmup_steps)
+            group["momentum"] = warmed_up_momentum(0, start, end, momentum_warmup_steps)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # groups saved by torch.optim.Muon: no warmup
+            group.setdefault("momentum_start", group["momentum"])
+            group.setdefault("momentum_end", group["momentum"])
+            group.setdefault("momentum_warmup_steps", 0)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         loss = run_closure(closure)
         for group in self.param_groups:
+            if group["momentum_warmup_steps"] > 0:
+                taken = max((self.state.get(p, {}).get("step", 0) for p in group["params"]), default=0)
+                group["momentum"] = warmed_up_momentum(
+                    taken, group["momentum_start"], group["momentum_end"], group["momentum_warmup_steps"]
+                )
             lr, momentum = float(group["lr"]), group["momentum"]
             # As torch's single-tensor Muon: the momentum buffer is created on a parameter's first
             # gradient, and parameters without a gradient are skipped.
@@ -111,6 +149,7 @@ class Muon(torch.optim.Muon):
                 state = self.state[param]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+                state["step"] = state.get("step", 0) + 1
                 buf = state["momentum_buffer"]
                 buf.lerp_(grad, 1 - momentum)
                 update = grad.lerp(buf, momentum) if group["nesterov"] else buf
@@ -182,10 +221,25 @@ def muon(
     adamw_weight_decay: float,
     adamw_eps: float,
     ns_dtype: str,
+    momentum_warmup_steps: int,
+    momentum_start: float,
+    decay_all: bool,
 ) -> MuonWithAdamW:
     check_lr_and_decay(lr, weight_decay)
     check_value("optim.momentum", momentum, float, ge=0, lt=1, fix="Set Muon's momentum, e.g. 0.95.")
     check_value("optim.nesterov", nesterov, bool)
+    check_value(
+        "optim.momentum_warmup_steps",
+        momentum_warmup_steps,
+        int,
+        ge=0,
+        fix="Set the Muon steps over which momentum rises from optim.momentum_start to optim.momentum, 0 for none "
+        "(modded-nanogpt: 300).",
+    )
+    check_value(
+        "optim.momentum_start", momentum_start, float, ge=0, lt=1, fix="Set the warmup's first momentum, e.g. 0.85."
+    )
+    check_decay_all(decay_all)
     check_value("optim.ns_steps", ns_steps, int, ge=1, le=99, fix="Set the Newton-Schulz iterations, e.g. 5.")
     check_value(
         "optim.adjust_lr_fn",
@@ -213,13 +267,15 @@ def muon(
         weight_decay=weight_decay,
         ns_steps=ns_steps,
         adjust_lr_fn=adjust_lr_fn,
+        momentum_warmup_steps=momentum_warmup_steps,
+        momentum_start=momentum_start,
     )
     adamw_groups = [
         {
             "params": groups[kind],
             "lr": kind_lr,
             "name": kind,
-            "weight_decay": 0.0 if kind == "scalar" else adamw_weight_decay,
+            "weight_decay": 0.0 if kind == "scalar" and not decay_all else adamw_weight_decay,
         }
         for kind, kind_lr in (("embed", embed_lr), ("head", head_lr), ("scalar", scalar_lr))
         if groups[kind]
