@@ -34,7 +34,7 @@ import torch.distributed as torch_dist
 import yaml
 
 from nanugpt.errors import CheckpointError
-from nanugpt.utils import atomic_write, fsync_dir
+from nanugpt.utils import atomic_write, fsync_dir, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +46,18 @@ def step_file_name(step: int) -> str:
     return f"step_{step:07d}.pt"
 
 
-def clean_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the `_orig_mod.` (torch.compile) and `module.` (DDP) prefixes wrappers add."""
-    cleaned = {}
-    for key, value in state_dict.items():
-        for prefix in ("_orig_mod.", "module."):
-            key = key.replace(prefix, "")
-        cleaned[key] = value
-    return cleaned
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DDP
+
+
+def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the prefixes that wrappers put in front of every key (a state dict saved from a
+    compiled or DDP-wrapped model, in any nesting). Only a prefix that every key carries is a
+    wrapper's: the same word on some keys, or inside a key, is a module's own name."""
+    while state_dict and (
+        prefix := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state_dict)), None)
+    ):
+        state_dict = {k.removeprefix(prefix): v for k, v in state_dict.items()}
+    return state_dict
 
 
 # ---- RNG state: every rank's, so a resumed DDP run draws the same dropout masks on every rank
@@ -151,8 +155,7 @@ def save_checkpoint(
     """Write `step_<step>.pt`, point last.pt (and best.pt when `is_best`) at it, log it, and
     delete step files beyond the newest `keep_last`. Returns the step file."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ckpt_dir.glob(".*.tmp"):  # left by a save that was killed; only rank 0 saves
-        stale.unlink(missing_ok=True)
+    remove_stale_temp_files(ckpt_dir)  # left by a save that was killed; only rank 0 saves
     path = ckpt_dir / step_file_name(step)
     with _save_errors(ckpt_dir, path, step):
         atomic_write(path, lambda f: torch.save(state, f))
@@ -163,8 +166,10 @@ def save_checkpoint(
 
         step_files = _step_files(ckpt_dir)
         doomed = {p.name for _, p in step_files[: max(len(step_files) - keep_last, 0)]}
+        # One entry per file: last.pt (and best.pt when is_best) now point at this save.
+        replaced = doomed | {"last.pt"} | ({"best.pt"} if is_best else set())
         entries = [
-            e for e in read_log(ckpt_dir) if e.get("path") not in doomed and (ckpt_dir / str(e.get("path"))).is_file()
+            e for e in read_log(ckpt_dir) if e.get("path") not in replaced and (ckpt_dir / str(e.get("path"))).is_file()
         ]
         if path.name not in doomed:
             entries.append({"step": step, "path": path.name, "val_loss": val_loss})
@@ -337,7 +342,7 @@ def load_model_state(
 ) -> None:
     """load_state_dict, but a checkpoint built for another model shape gets one paragraph
     naming both shapes and the fix instead of a wall of size-mismatch lines."""
-    state_dict = clean_state_dict(state_dict)
+    state_dict = strip_wrapper_prefixes(state_dict)
     own = model.state_dict()
     shape_diffs = [
         f"{k}: checkpoint {tuple(v.shape)} vs config {tuple(own[k].shape)}"

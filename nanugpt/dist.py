@@ -11,6 +11,8 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from nanugpt.errors import ConfigError
+
 T = TypeVar("T")
 log = logging.getLogger("nanugpt.dist")
 
@@ -51,12 +53,22 @@ def _submitit_env() -> tuple[int, int, int] | None:
     return env.global_rank, env.local_rank, env.num_tasks
 
 
-def resolve_device(name: str, local_rank: int) -> torch.device:
+def check_device(key: str, name: str) -> None:
+    """`key`=cuda where torch sees no GPU: one paragraph saying what torch sees and the fix."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"{key}=cuda, but torch sees no CUDA device on this machine (torch {torch.__version__}, "
+            f"{'built for CUDA ' + torch.version.cuda if torch.version.cuda else 'a CPU-only build'}, "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). Pass {key}=auto (or cpu) "
+            "to run on the CPU, or run where a GPU is visible."
+        )
+
+
+def resolve_device(name: str, local_rank: int, key: str = "training.device") -> torch.device:
+    check_device(key, name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("training.device=cuda but no CUDA device is visible; use training.device=cpu or auto.")
         return torch.device("cuda", local_rank)
     return torch.device(name)
 
@@ -83,11 +95,6 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank, local_rank, world_size, torch_device)
 
 
-def barrier(info: DistInfo) -> None:
-    if info.is_distributed:
-        dist.barrier()
-
-
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.is_distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
@@ -105,15 +112,23 @@ def broadcast_object(obj: T, info: DistInfo) -> T:
 
 def shutdown(failed: bool = False) -> None:
     """Leave the process group. After an error on this rank, do not wait for the others in a
-    collective goodbye (they may be blocked in an all-reduce this rank never joins): abort
-    instead, so this process exits at once and its peers' pending collectives fail with a
-    connection error rather than hang until the timeout."""
+    collective goodbye: destroy_process_group drains pending work (NCCL) that peers blocked in
+    an all-reduce this rank never joins will not complete. Abort the group instead (the
+    ProcessGroup's own, non-collective abort), so this process exits at once and its peers'
+    pending collectives fail with a connection error rather than hang until the timeout."""
     if not dist.is_initialized():
         return
     if failed:
         try:
-            dist.distributed_c10d._abort_process_group()
-        except Exception:  # older torch or a backend without abort: exiting closes the sockets anyway
+            dist.group.WORLD.abort()
+        except Exception:  # a backend without abort: exiting closes the sockets anyway
             pass
         return
     dist.destroy_process_group()
+
+
+def sum_over_ranks(info: DistInfo, **values: torch.Tensor) -> dict[str, float]:
+    """Scalars summed over all ranks in one all-reduce, returned by name as Python floats (one
+    host sync for all of them)."""
+    totals = all_reduce_sum(torch.stack([v.double() for v in values.values()]), info)
+    return dict(zip(values, totals.tolist(), strict=True))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from nanugpt.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint
+from nanugpt.config import GenerateConfig, check_sampling_options, register_configs, validate_generate
 from nanugpt.dist import resolve_device
 from nanugpt.errors import CheckpointError, ConfigError, UserError, report_user_errors
 from nanugpt.sampling import generate
@@ -138,12 +140,12 @@ def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
 
 
 def sampling_defaults() -> dict[str, Any]:
-    """The sampling options and their defaults, from nanugpt/conf/generate.yaml (their one place)."""
-    cfg = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "generate.yaml"))
-    return {k: v for k, v in cfg.items() if k not in NOT_SAMPLING}
+    """The sampling options and their defaults: the keys of `python -m nanugpt.generate` (their one
+    place is GenerateConfig in nanugpt/config.py) other than what to load and where."""
+    return {f.name: getattr(GenerateConfig(), f.name) for f in fields(GenerateConfig) if f.name not in NOT_SAMPLING}
 
 
-NOT_SAMPLING = {"defaults", "hydra", "ckpt", "prompt", "prompts", "device", "trust_checkpoint"}
+NOT_SAMPLING = {"ckpt", "prompt", "prompts", "device", "trust_checkpoint"}
 
 
 class Sampler:
@@ -155,7 +157,8 @@ class Sampler:
         sampler("def ", max_new_tokens=100, temperature=0.8)            # -> one str
         sampler(["def ", "class "], num_samples=2, stop=["\n\n"])       # -> 4 str: each prompt x num_samples
 
-    Options and their defaults are those of `python -m nanugpt.generate` (nanugpt/conf/generate.yaml).
+    Options, their defaults and allowed ranges are those of `python -m nanugpt.generate`
+    (GenerateConfig in nanugpt/config.py); a value out of range is the same ConfigError.
     """
 
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, device: torch.device) -> None:
@@ -165,7 +168,7 @@ class Sampler:
     @classmethod
     def load(cls, ckpt: str | Path, device: str = "auto", trust_checkpoint: bool = False) -> Sampler:
         path = resolve_checkpoint(ckpt)
-        torch_device = resolve_device(device, 0)
+        torch_device = resolve_device(device, 0, "device")
         state = load_checkpoint(path, map_location=torch_device)
         model, tokenizer = build_from_checkpoint(state, torch_device, trust_checkpoint, source=path)
         sampler = cls(model, tokenizer, torch_device)
@@ -178,7 +181,9 @@ class Sampler:
             raise TypeError(
                 f"Unknown sampling option(s) {', '.join(unknown)}; valid: {', '.join(sorted(self.defaults))}."
             )
-        opts = SimpleNamespace(**{**self.defaults, **options})
+        opts = {**self.defaults, **options}
+        check_sampling_options(opts)
+        opts = SimpleNamespace(**opts)
         prompts = [prompt] if isinstance(prompt, str) else [str(p) for p in prompt]
         texts = generate_texts(self.model, self.tokenizer, prompts, opts, self.device)
         return texts[0] if isinstance(prompt, str) and opts.num_samples == 1 else texts
@@ -233,10 +238,14 @@ def generate_texts(
     return texts
 
 
+register_configs()
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
 @report_user_errors
 def main(cfg: DictConfig) -> list[str]:
-    sampler = Sampler.load(cfg.ckpt, cfg.device, cfg.trust_checkpoint)
+    validate_generate(cfg)
+    sampler = Sampler.load(cfg.ckpt, str(cfg.device), cfg.trust_checkpoint)
     prompts = [str(p) for p in cfg.prompts] if cfg.prompts else [str(cfg.prompt)]
     options = {k: v for k, v in OmegaConf.to_container(cfg).items() if k not in NOT_SAMPLING}
     texts = sampler(prompts, **options)

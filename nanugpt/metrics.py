@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from nanugpt.utils import atomic_write
+
+log = logging.getLogger("nanugpt.metrics")
 
 
 class MetricsFile:
@@ -34,13 +37,38 @@ class MetricsFile:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Every row of a metrics.jsonl. A bad last line is a writer killed mid-line and is dropped
+    quietly; a bad line anywhere else is damage (a disk, an editor): it is skipped with a
+    warning, and the rows after it are kept."""
+    lines = Path(path).read_text(errors="replace").splitlines()
     rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a torn last line from a killed writer
+    for number, line in enumerate(lines, start=1):
+        row = _parse_row(line)
+        if row is not None:
+            rows.append(row)
+        elif number < len(lines) and line.strip():
+            log.warning(
+                "%s: line %d is not a metrics row (%.40r); skipped, the rows after it kept.", path, number, line
+            )
     return rows
+
+
+def ema(values: list[float], beta: float) -> list[float]:
+    """Bias-corrected exponential moving average (as Adam's moments and fastai's lr finder): the
+    first value is kept as it is, not pulled towards a zero start. `beta` 0 returns `values`."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, start=1):
+        avg = beta * avg + (1 - beta) * v
+        out.append(avg / (1 - beta**i))
+    return out
+
+
+def _parse_row(line: str) -> dict[str, Any] | None:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("step"), int) else None
 
 
 def format_duration(seconds: float) -> str:
@@ -56,6 +84,8 @@ def console_line(row: dict[str, Any], max_steps: int, eta_s: float) -> str:
     parts = [f"step {row['step']:>{len(str(max_steps))}}/{max_steps}", f"loss {row['train/loss']:.4f}"]
     if "val/loss" in row:
         parts.append(f"val {row['val/loss']:.4f}")
+    if "test/loss" in row:
+        parts.append(f"test {row['test/loss']:.4f}")
     parts += [
         f"acc {row['train/acc']:.3f}",
         f"lr {row['run/lr']:.2e}",

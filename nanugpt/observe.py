@@ -50,8 +50,16 @@ def peak_flops(device: torch.device, amp_dtype: torch.dtype) -> float | None:
         return None
     if amp_dtype in (torch.bfloat16, torch.float16):
         return table["bf16"]
-    tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
-    return table["tf32" if tf32 else "fp32"]
+    return table["tf32" if tf32_matmuls() else "fp32"]
+
+
+def tf32_matmuls() -> bool:
+    """Whether CUDA float32 matmuls run as TF32. torch >= 2.9 has one setting for it that both
+    its APIs write, and its legacy getters raise once the new API was used (train.py uses it)."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        return matmul.fp32_precision == "tf32"
+    return matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
 
 
 def git_state(path: Path) -> dict[str, Any]:
@@ -70,13 +78,10 @@ def git_state(path: Path) -> dict[str, Any]:
 
 
 def wandb_mode(mode: str | None) -> str:
-    """`logging.wandb.mode`, or when null: WANDB_MODE if set, online when logged in, else disabled."""
+    """`logging.wandb.mode` (a choice the schema has checked), or when null: WANDB_MODE if set,
+    online when logged in, else disabled."""
     if mode is not None:
-        if mode not in ("online", "offline", "disabled"):
-            raise ValueError(
-                f"logging.wandb.mode={mode} is not one of online, offline, disabled (or null for automatic)."
-            )
-        return mode
+        return str(mode)  # a plain str for wandb, not the schema's enum member
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     if os.environ.get("WANDB_API_KEY"):
@@ -90,9 +95,12 @@ def wandb_mode(mode: str | None) -> str:
 
 def default_run_name(run_dir: Path) -> tuple[str, str | None]:
     """(name, group) from the run dir: `<date>/<time>` for a run, `<date>/<time>/<job>` in a
-    sweep, where the sweep `<date>/<time>` is the group."""
+    sweep, where the sweep `<date>/<time>` is the group. The default dirs' time has microseconds
+    (`14-05-09-482913`), so runs started in the same second get names of their own."""
     run_dir = run_dir.resolve()
-    if run_dir.name.isdigit():  # Hydra multirun: multirun/<date>/<time>/<job num>
+    # Hydra multirun: multirun/<date>/<time>/<job num>, beside the sweep's multirun.yaml (not
+    # outputs/slurm/<job id>, whose name is digits too)
+    if run_dir.name.isdigit() and (run_dir.parent / "multirun.yaml").is_file():
         group = f"{run_dir.parent.parent.name}/{run_dir.parent.name}"
         return f"{group}/{run_dir.name}", group
     return f"{run_dir.parent.name}/{run_dir.name}", None
@@ -200,7 +208,7 @@ class WandbRun:
         self.run = wandb.init(
             mode=wandb_mode(wcfg.mode),
             **wandb_init_args(cfg, run_dir),
-            config=OmegaConf.to_container(cfg, resolve=True),
+            config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
             id=run_id,
             resume="allow",
             dir=os.environ.get("WANDB_DIR") or str(run_dir),

@@ -1,7 +1,8 @@
 """Tokenize a corpus into the prepared-data cache: `python -m nanugpt.prepare data=... tokenizer=...`.
 
-Training does this automatically when the files are missing; run it yourself to prepare once
-before a sweep, or with `force=true` to rebuild.
+Training does this automatically when the files are missing (through the same
+`nanugpt.data.build.load_tokens`); run it yourself to prepare once before a sweep, or with
+`force=true` to rebuild. For `data=shards` it checks every shard's header and length.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import logging
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from nanugpt.config import register_configs
-from nanugpt.data.prepared import prepare
+from nanugpt.config import register_configs, validate_prepare
+from nanugpt.data.build import load_tokens
+from nanugpt.data.examples import ExampleSource
 from nanugpt.errors import report_user_errors
 from nanugpt.utils import CONF_DIR
 
@@ -25,20 +27,17 @@ register_configs()
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prepare")
 @report_user_errors
 def main(cfg: DictConfig) -> str:
-    data = prepare(
-        source=instantiate(cfg.data),
-        tokenizer=instantiate(cfg.tokenizer),
-        data_dir=cfg.paths.data_dir,
-        data_cfg=OmegaConf.to_container(cfg.data, resolve=True),
-        tokenizer_cfg=OmegaConf.to_container(cfg.tokenizer, resolve=True),
-        force=cfg.force,
-    )
+    validate_prepare(cfg)
+    source = instantiate(cfg.data)
+    if isinstance(source, ExampleSource):
+        log.info("data=%s generates its examples when training starts: there is nothing to prepare.", source.name)
+        return ""
+    data = load_tokens(cfg, source, force=cfg.force)
     tokens = data.meta["num_tokens"]
     log.info(
-        "%s: train %s tokens, val %s tokens, vocab %d",
+        "%s: %s, vocab %d",
         data.path,
-        f"{tokens['train']:,}",
-        f"{tokens['val']:,}",
+        ", ".join(f"{split} {n:,} tokens" for split, n in tokens.items()),
         data.vocab_size,
     )
     return str(data.path)

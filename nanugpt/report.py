@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from nanugpt.metrics import read_metrics
+from nanugpt.metrics import ema, read_metrics
 
 ACC_THRESHOLD = 0.99
 # Lines train.py logs: the last one in log.txt says what the process last did.
@@ -172,14 +172,6 @@ def table(runs: list[Run]) -> str:
             cells += [str(run.first_step_reaching(k) or "–") for k in ("train/acc", "val/acc")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def ema(values: list[float], smooth: float) -> list[float]:
-    out, avg = [], None
-    for v in values:
-        avg = v if avg is None else smooth * avg + (1 - smooth) * v
-        out.append(avg)
-    return out
 
 
 def plot_curves(runs: list[Run], path: Path, kind: str, log_step: bool, smooth: float) -> None:

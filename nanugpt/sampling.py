@@ -1,7 +1,7 @@
 """Autoregressive sampling: temperature, top-k, top-p, greedy at temperature 0, with a KV cache.
 
 With `use_cache=True` the prompt is prefilled once and every new token costs one position's
-forward (see the decode API in nanugpt/models/gpt.py). Models with learned positions cannot
+forward (see the decode API in nanugpt/models/base.py). Models with learned positions cannot
 slide past their window, so both paths share one window policy: once the context would exceed
 `context_length`, it restarts from the last `window_keep` tokens (default: half the window),
 which the cached path re-prefills once per `context_length - window_keep` new tokens.
@@ -17,6 +17,8 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from nanugpt.errors import ConfigError
+
 
 def sample_next(
     logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None
@@ -25,7 +27,7 @@ def sample_next(
     if temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)
     if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p={top_p} must be in (0, 1]; use top_p=null (or 1.0) to switch nucleus sampling off.")
+        raise ConfigError(f"top_p={top_p} must be in (0, 1]; use top_p=null (or 1.0) to switch nucleus sampling off.")
     logits = logits.float() / temperature
     if top_k is not None and top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
@@ -62,7 +64,10 @@ def generate(
     L = model.context_length
     keep = L // 2 if window_keep is None else window_keep
     if not 1 <= keep <= L:
-        raise ValueError(f"window_keep={window_keep} must be between 1 and the model's context_length={L}.")
+        raise ConfigError(
+            f"window_keep={window_keep} must be between 1 and the model's context_length={L}; pass a smaller "
+            "window_keep, or window_keep=null for half the window."
+        )
     step_fn = model if decode_step is None else decode_step
     cache = model.new_kv_cache(idx.size(0)) if use_cache else None
     start = max(0, idx.size(1) - L)  # where the model's context begins in idx

@@ -1,8 +1,11 @@
 """Train a GPT: `python -m nanugpt.train [overrides]`.
 
-Reads top to bottom: set up the process, data, model, optimizer; maybe resume; then the loop
-(micro-steps with gradient accumulation, clip, step, log, evaluate, checkpoint); then print how
-to sample from what was trained. Setup details live in small modules this file calls.
+`train` checks every value, joins the process group, checks the machine and holds the run dir;
+`_train` then tells the run in phases, each a function below it: set up the process; build the
+run (every plugin checked before any data is prepared, then data, model, the data-parallel wrap
+with its optimizer, schedule: one `build_*` each); resume; the loop (one `train_step`, its
+metrics row, evaluate, checkpoint, stop on a signal); finish, saying how to sample from what
+was trained.
 """
 
 from __future__ import annotations
@@ -31,40 +34,29 @@ if TYPE_CHECKING:  # torch.distributed.optim costs 1.2 s of import time; only Ze
 from nanugpt import dist
 from nanugpt.checkpoint import (
     all_rng_states,
-    clean_state_dict,
     find_resume_checkpoint,
     load_model_state,
     read_log,
     restore_rng_state,
     save_checkpoint,
 )
-from nanugpt.config import register_configs
-from nanugpt.data.loader import RandomWindowBatches, RepeatedBatches, fixed_eval_batches
-from nanugpt.data.prepared import PreparedData, prepare
+from nanugpt.config import check_train_environment, register_configs, validate_train
+from nanugpt.data.build import build_data
+from nanugpt.data.contract import BatchSpec, Data
+from nanugpt.data.loader import RepeatedBatches
 from nanugpt.errors import ConfigError, NonFiniteLossError, report_user_errors
 from nanugpt.metrics import format_duration
 from nanugpt.models.with_loss import ModelWithLoss
 from nanugpt.observe import RunObserver, peak_flops
 from nanugpt.optim import state_bytes
 from nanugpt.preemption import StopSignal
+from nanugpt.resume import log_config_changes, restore_optimizer_and_schedule, restore_scaler
+from nanugpt.rundir import RunDirInUseError, hold_run_dir, move_file_logs
 from nanugpt.utils import CONF_DIR, seed_everything
 
 log = logging.getLogger("nanugpt.train")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def grad_accum_steps(global_batch_size: int, device_batch_size: int, world_size: int) -> int:
-    per_step = device_batch_size * world_size
-    if global_batch_size % per_step != 0:
-        raise ConfigError(
-            f"training.global_batch_size={global_batch_size} is not divisible by "
-            f"training.device_batch_size={device_batch_size} x world_size={world_size} = {per_step}. "
-            f"Pick a global batch that is a multiple of {per_step} (e.g. "
-            f"{max(per_step, global_batch_size // per_step * per_step)}), "
-            "or change device_batch_size."
-        )
-    return global_batch_size // per_step
 
 
 def autocast_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -93,14 +85,121 @@ def configure_matmul_precision(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def prepare_data(cfg: DictConfig) -> PreparedData:
-    return prepare(
-        source=instantiate(cfg.data),
-        tokenizer=instantiate(cfg.tokenizer),
-        data_dir=cfg.paths.data_dir,
-        data_cfg=OmegaConf.to_container(cfg.data, resolve=True),
-        tokenizer_cfg=OmegaConf.to_container(cfg.tokenizer, resolve=True),
-    )
+def autocast(device: torch.device, amp_dtype: torch.dtype) -> torch.autocast:
+    """The forward passes' mixed-precision context (a no-op for float32)."""
+    return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def train(cfg: DictConfig, run_dir: Path) -> float:
+    validate_train(cfg)  # every value, before any work
+    info = dist.init_distributed(cfg.training.device)
+    stop = StopSignal()  # SIGTERM/SIGUSR2/SIGINT: checkpoint at the end of the step, then exit
+    failed = True
+    try:
+        check_train_environment(cfg, run_dir)  # the device, data dir and run dir, before any work
+        run_dir = use_master_run_dir(run_dir, info)
+        with hold_run_dir(run_dir, info):  # refused while another process trains in this dir
+            best = _train(cfg, run_dir, info, stop)
+        failed = False
+        return best
+    except BaseException as e:
+        # A preempted run is not a failed one; a refused one never started (log.txt is the other run's).
+        if not (isinstance(e, SystemExit) and stop.requested) and not isinstance(e, RunDirInUseError):
+            log.error("Run failed: %s: %s", type(e).__name__, e)  # the line `nanugpt.report` reads as failed
+        raise
+    finally:
+        stop.restore()
+        dist.shutdown(failed=failed)  # an error on one rank must not leave the others hanging
+
+
+def use_master_run_dir(run_dir: Path, info: dist.DistInfo) -> Path:
+    """Under torchrun every rank composes its own config, and `${now:...}` in hydra.run.dir
+    resolves to a different microsecond in each: all ranks use rank 0's run dir (for resume=auto
+    too), and a rank's own dir, if different, is removed when Hydra's files are all it holds."""
+    master_dir = Path(dist.broadcast_object(str(run_dir), info))
+    if master_dir != run_dir and {p.name for p in run_dir.iterdir()} <= {".hydra", "log.txt"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        move_file_logs(run_dir, master_dir)  # this rank's warnings go to rank 0's log.txt
+    return master_dir
+
+
+def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal) -> float:
+    tcfg = cfg.training
+    # ---- set up the process, build the run, resume it
+    spec, amp_dtype = set_up_process(cfg, info)
+    run = build_run(cfg, info, spec, amp_dtype)
+    start_step, val_losses = resume(cfg, run_dir, run, info)
+    observer = build_observer(cfg, run_dir, run, info, start_step)
+    ckpt_dir, tokens_per_step = run_dir / "checkpoints", tcfg.global_batch_size * cfg.model.context_length
+    clock, preempted = StepClock(), False
+
+    # ---- the loop; `step` counts completed optimizer steps
+    for step in range(start_step + 1, tcfg.max_steps + 1):
+        step_start = time.perf_counter()
+        stats = train_step(run, info, tcfg.grad_clip, stop.requested)
+        preempted = stats.stop  # a rank got SIGTERM/SIGUSR2/SIGINT: all finish this step, checkpoint, stop
+        check_finite(stats, step, tcfg.skip_nonfinite, ckpt_dir)
+        if step == start_step + 1:  # optimizers create their state on the first step
+            log_optimizer_state(run)
+        step_s, eta_s = clock.lap(step_start, steps_left=tcfg.max_steps - step)
+        row = train_row(stats, step, step_s, eta_s, tokens_per_step)
+
+        # evaluate every eval.every steps, at the last step, and before stopping on a signal
+        is_last = step == tcfg.max_steps
+        evaluating = step % cfg.eval.every == 0 or is_last or preempted
+        if evaluating:
+            row.update(validate(run, info, stats.loss, step, ckpt_dir))
+            is_best = val_losses.record(row["val/loss"])
+        if is_last and run.data.test is not None:  # once, in the final row: eval.test_iters batches
+            row.update(evaluate(run.net, run.data.test, run.autocast, info, "test"))
+
+        # The row before the checkpoint: a run killed in between redoes this step and rewrites
+        # its row; the other order would resume after a step whose row was never written.
+        observer.log_step(row, eta_s)  # metrics.jsonl, W&B, progress bar, console line
+        if evaluating and cfg.eval.checkpoint != "none":
+            save_state(cfg, run, info, ckpt_dir, step, val_losses, is_best)
+        if preempted:
+            if info.is_master:  # the signal's own message: preempted, or Ctrl-C
+                log.warning(stop.message(step, run_dir, checkpointed=cfg.eval.checkpoint != "none"))
+            break
+
+    # ---- finish
+    observer.close()
+    if preempted:
+        stop.forward()  # on to submitit's handler (requeue on a time limit) or the default action
+    if info.is_master:
+        finish_message(run_dir, ckpt_dir, val_losses, clock.loop_start)
+    return val_losses.best
+
+
+# ---------------------------------------------------------------- set up the process
+
+
+def set_up_process(cfg: DictConfig, info: dist.DistInfo) -> tuple[BatchSpec, torch.dtype]:
+    """Logging, threads, matmul precision and the seed; checks the batch split and dtype before
+    any work. Returns how the global batch is cut up and the autocast dtype."""
+    tcfg = cfg.training
+    if not info.is_master:  # only rank 0 talks; warnings and errors of any rank still show
+        root = logging.getLogger()
+        for logger_or_handler in (root, *root.handlers):  # handlers too: other loggers propagate to them
+            logger_or_handler.setLevel(logging.WARNING)
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    # An indivisible global batch fails here, before anything is loaded.
+    spec = BatchSpec.from_config(cfg, info.rank, info.world_size, info.device)
+    amp_dtype = autocast_dtype(tcfg.dtype, info.device)
+    configure_matmul_precision(info.device)
+    seed_everything(tcfg.seed)
+    # debug=anomaly: the first NaN in backward raises, naming its op and the forward line (slow);
+    # set either way, so a run after an anomaly run in the same process is not slowed down.
+    torch.autograd.set_detect_anomaly(tcfg.detect_anomaly)
+    return spec, amp_dtype
+
+
+# ---------------------------------------------------------------- build the run
 
 
 def set_vocab_size(cfg: DictConfig, data_vocab_size: int) -> None:
@@ -113,6 +212,61 @@ def set_vocab_size(cfg: DictConfig, data_vocab_size: int) -> None:
             f"{data_vocab_size} ({cfg.tokenizer.get('_target_')}); drop the override (model.vocab_size=null) "
             "to take it from the data."
         )
+
+
+STAND_IN_VOCAB = 256  # the model's vocab in the argument check below, until the data says what it is
+
+
+def check_model_optimizer_schedule(cfg: DictConfig) -> None:
+    """Build the model, its optimizer and schedule on the meta device (no memory, no init work,
+    no random numbers drawn) and drop them, so a bad argument of any of them fails before data is
+    prepared. A stand-in takes the place of a model.vocab_size that the data will fill in."""
+    vocab = {"vocab_size": STAND_IN_VOCAB} if cfg.model.get("vocab_size") is None else {}
+    with torch.device("meta"):
+        build_scheduler(cfg, build_optimizer(cfg, instantiate(cfg.model, **vocab)))
+
+
+def build_model(cfg: DictConfig, loss_fn: Any, device: torch.device) -> tuple[Any, ModelWithLoss]:
+    """The model, and the model with its loss: the module the loop calls (so compile fuses both)."""
+    model = instantiate(cfg.model)
+    return model, ModelWithLoss(model, loss_fn).to(device)
+
+
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    return instantiate(cfg.optim)(model)
+
+
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> Any:
+    return instantiate(cfg.sched)(optimizer)
+
+
+def build_scaler(cfg: DictConfig, device: torch.device, amp_dtype: torch.dtype) -> Any:
+    return instantiate(cfg.scaler)(device.type, float16=amp_dtype == torch.float16)
+
+
+def parallel_mode(cfg: DictConfig, info: dist.DistInfo) -> str:
+    """How the run is spread over ranks: "single" (one process), "ddp", or "zero1" (DDP with the
+    optimizer state sharded across ranks, training.zero1=true)."""
+    if not info.is_distributed:
+        return "single"
+    return "zero1" if cfg.training.zero1 else "ddp"
+
+
+def parallelize(
+    cfg: DictConfig, model: torch.nn.Module, net: torch.nn.Module, info: dist.DistInfo, mode: str
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The wrap phase, the one place that applies the parallel mode: compile (fuses model + loss),
+    then DDP; then the optimizer, over the parameters as wrapped (a sharding wrapper such as FSDP
+    replaces them), its state sharded for ZeRO-1."""
+    if cfg.training.compile:
+        check_compile_works(info.device)
+        net = torch.compile(net)
+    if mode in ("ddp", "zero1"):
+        net = DistributedDataParallel(net, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    optimizer = build_optimizer(cfg, model)
+    if mode == "zero1":
+        optimizer = shard_optimizer_state(optimizer)
+    return net, optimizer
 
 
 def check_compile_works(device: torch.device) -> None:
@@ -132,265 +286,133 @@ def check_compile_works(device: torch.device) -> None:
         ) from None
 
 
-@torch.no_grad()
-def evaluate(net: torch.nn.Module, batches: list, autocast: Any, info: dist.DistInfo) -> dict[str, float]:
-    net.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=info.device)  # loss * count, correct, count
-    for x, y in batches:
-        with autocast:
-            _, loss, correct, count = net(x, y)
-        totals += torch.stack([loss.double() * count, correct.double(), count.double()])
-    dist.all_reduce_sum(totals, info)
-    net.train()
-    loss = (totals[0] / totals[2]).item()
-    return {"val/loss": loss, "val/acc": (totals[1] / totals[2]).item(), "val/ppl": math.exp(min(loss, 50.0))}
+def shard_optimizer_state(optimizer: torch.optim.Optimizer) -> ZeroRedundancyOptimizer:
+    """ZeRO-1: the same optimizer, its state (e.g. Adam's moments) split across ranks. Each rank
+    steps its shard and broadcasts the updated parameters, so training matches plain DDP."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    cls = type(optimizer)
+    accepted = inspect.signature(cls).parameters  # defaults may hold keys __init__ does not take
+    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    return ZeroRedundancyOptimizer([dict(g) for g in optimizer.param_groups], optimizer_class=cls, **defaults)
 
 
-def train(cfg: DictConfig, run_dir: Path) -> float:
-    info = dist.init_distributed(cfg.training.device)
-    stop = StopSignal()  # SIGTERM/SIGUSR2: checkpoint at the end of the step, then exit
-    failed = True
-    try:
-        run_dir = use_master_run_dir(run_dir, info)
-        best = _train(cfg, run_dir, info, stop)
-        failed = False
-        return best
-    except BaseException as e:
-        if not (isinstance(e, SystemExit) and stop.requested):  # a preempted run is not a failed one
-            log.error("Run failed: %s: %s", type(e).__name__, e)  # the line `nanugpt.report` reads as failed
-        raise
-    finally:
-        stop.restore()
-        dist.shutdown(failed=failed)  # an error on one rank must not leave the others hanging
+@dataclass
+class Run:
+    """What the loop steps, evaluates and checkpoints; made by `build_run`."""
+
+    model: Any  # the bare model (a BaseModel): checkpoints hold its weights
+    net: torch.nn.Module  # model + loss as the loop calls it, wrapped by `parallelize`
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    data: Data
+    spec: BatchSpec
+    amp_dtype: torch.dtype
+    autocast: torch.autocast
+    parallel: str  # parallel_mode()
 
 
-def use_master_run_dir(run_dir: Path, info: dist.DistInfo) -> Path:
-    """Under torchrun every rank composes its own config, and `${now:...}` in hydra.run.dir can
-    resolve a second apart: all ranks use rank 0's run dir (for resume=auto too), and a rank's
-    own dir, if different, is removed when Hydra's files are all it holds."""
-    master_dir = Path(dist.broadcast_object(str(run_dir), info))
-    if master_dir != run_dir and {p.name for p in run_dir.iterdir()} <= {".hydra", "log.txt"}:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    return master_dir
-
-
-def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal) -> float:
-    tcfg = cfg.training
-    if not info.is_master:  # only rank 0 talks; warnings and errors of any rank still show
-        root = logging.getLogger()
-        for logger_or_handler in (root, *root.handlers):  # handlers too: other loggers propagate to them
-            logger_or_handler.setLevel(logging.WARNING)
-    if tcfg.threads:
-        torch.set_num_threads(tcfg.threads)
-    accum = grad_accum_steps(tcfg.global_batch_size, tcfg.device_batch_size, info.world_size)
-    amp_dtype = autocast_dtype(tcfg.dtype, info.device)
-    configure_matmul_precision(info.device)
-    seed_everything(tcfg.seed)
-    torch.autograd.set_detect_anomaly(tcfg.detect_anomaly)  # debug=anomaly
-
-    # ---- data: a text corpus is tokenized once into a cache keyed by data + tokenizer config and
-    # read as random windows; example data (grokking, arithmetic: one row each, answer-only
-    # targets) brings its own batches, and evaluates on its whole val split.
-    source = instantiate(cfg.data)
-    context_length = cfg.model.context_length
-    if hasattr(source, "batches"):
-        data = source.batches(
-            instantiate(cfg.tokenizer),
-            tcfg.global_batch_size,
-            tcfg.device_batch_size,
-            info.rank,
-            info.world_size,
-            tcfg.seed,
-            info.device,
-        )
-        train_batches, val_batches = data.train_batches, data.val_batches
-    else:
-        data = prepare_data(cfg)
-        train_batches = RandomWindowBatches(
-            data.train,
-            context_length,
-            tcfg.global_batch_size,
-            tcfg.device_batch_size,
-            info.rank,
-            info.world_size,
-            tcfg.seed,
-            info.device,
-        )
-        val_batches = fixed_eval_batches(
-            data.val, context_length, tcfg.device_batch_size, cfg.eval.iters, info.rank, info.world_size, info.device
-        )
-    if tcfg.overfit_batches:  # debug=overfit
-        train_batches = RepeatedBatches(train_batches, tcfg.overfit_batches)
+def build_run(
+    cfg: DictConfig, info: dist.DistInfo, spec: BatchSpec, amp_dtype: torch.dtype, data: Data | None = None
+) -> Run:
+    """Every plugin's arguments are checked before any data is prepared (the data and tokenizer
+    plugins check theirs when built): the loss and scaler are built first (they draw no random
+    numbers); the model, optimizer and schedule need the data's vocab, so they are tried out on
+    the meta device. Then the data (see nanugpt/data/build.py), the model, its wrap and
+    optimizer, the schedule. `data` replaces the configured data (the benchmark's random tokens)."""
+    loss_fn = instantiate(cfg.loss)
+    scaler = build_scaler(cfg, info.device, amp_dtype)
+    check_model_optimizer_schedule(cfg)
+    if data is None:
+        data = build_data(cfg, spec)
+    if cfg.training.overfit_batches:  # debug=overfit: the first steps' batches over and over
+        data.train = RepeatedBatches(data.train, cfg.training.overfit_batches)
     set_vocab_size(cfg, data.vocab_size)
-
-    # ---- model, loss, optimizer, schedule
-    model = instantiate(cfg.model)
-    net = ModelWithLoss(model, instantiate(cfg.loss)).to(info.device)
-    optimizer = instantiate(cfg.optim)(model)
-    zero1 = tcfg.zero1 and info.is_distributed
-    if zero1:
-        optimizer = shard_optimizer_state(optimizer)
-    scheduler = instantiate(cfg.sched)(optimizer)
-    scaler = instantiate(cfg.scaler)(info.device.type, float16=amp_dtype == torch.float16)
+    model, net = build_model(cfg, loss_fn, info.device)
+    parallel = parallel_mode(cfg, info)
+    net, optimizer = parallelize(cfg, model, net, info, parallel)
+    scheduler = build_scheduler(cfg, optimizer)
     if info.is_distributed:
-        seed_everything(tcfg.seed + info.rank)  # per-rank dropout masks; DDP broadcasts rank 0's init
-    n_params = model.num_params()
+        seed_everything(cfg.training.seed + info.rank)  # per-rank dropout masks; DDP broadcasts rank 0's init
+    log_run_summary(cfg, model, info, spec)
+    amp = autocast(info.device, amp_dtype)
+    return Run(model, net, optimizer, scheduler, scaler, data, spec, amp_dtype, amp, parallel)
+
+
+def log_run_summary(cfg: DictConfig, model: Any, info: dist.DistInfo, spec: BatchSpec) -> None:
+    tcfg = cfg.training
     log.info(
         "model %s: %s parameters | vocab %d | context %d | global batch %d = %d device x %d ranks x %d accum | %s "
         "tokens/step",
         cfg.model._target_.rsplit(".", 1)[-1],
-        f"{n_params:,}",
+        f"{model.num_params():,}",
         cfg.model.vocab_size,
-        context_length,
+        cfg.model.context_length,
         tcfg.global_batch_size,
         tcfg.device_batch_size,
         info.world_size,
-        accum,
-        f"{tcfg.global_batch_size * context_length:,}",
+        spec.grad_accum_steps,
+        f"{tcfg.global_batch_size * cfg.model.context_length:,}",
     )
 
-    # ---- resume: model, optimizer, scheduler, scaler, step, best val, RNGs and data position
-    start_step, best_val_loss = 0, math.inf
-    resumed = find_resume_checkpoint(cfg.resume, run_dir)  # auto: the newest one that loads
-    if resumed is not None:
-        resume_path, ckpt = resumed
-        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-        load_model_state(model, ckpt["model"], resume_path, ckpt.get("config", {}).get("model"), model_cfg)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        train_batches.load_state_dict(ckpt["data"])
-        restore_rng_state(ckpt["rng"], info.rank, info.world_size)
-        start_step, best_val_loss = ckpt["step"], ckpt["best_val_loss"]
-        log.info("Resumed from %s at step %d (best val loss %.4f)", resume_path, start_step, best_val_loss)
-        del ckpt
 
-    # ---- wrappers: compile (fuses model + loss), then DDP
-    if tcfg.compile:
-        check_compile_works(info.device)
-        net = torch.compile(net)
-    if info.is_distributed:
-        net = DistributedDataParallel(net, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-    autocast = torch.autocast(info.device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
-
-    ckpt_dir = run_dir / "checkpoints"
-    tokens_per_step = tcfg.global_batch_size * context_length
-    observer = RunObserver(
+def build_observer(cfg: DictConfig, run_dir: Path, run: Run, info: dist.DistInfo, start_step: int) -> RunObserver:
+    tcfg = cfg.training
+    return RunObserver(
         cfg,
         run_dir,
         info.is_master,
         start_step,
-        model.flops_per_token(),
-        peak_flops(info.device, amp_dtype),
+        run.model.flops_per_token(),
+        peak_flops(info.device, run.amp_dtype),
         summary={
-            "params": n_params,
+            "params": run.model.num_params(),
             "global_batch_size": tcfg.global_batch_size,
-            "tokens_per_step": tokens_per_step,
+            "tokens_per_step": tcfg.global_batch_size * cfg.model.context_length,
             "world_size": info.world_size,
         },
     )
-    loop_start, timed_steps = None, 0
-    last_val_loss: float | None = None
-    preempted = False
 
-    for step in range(start_step + 1, tcfg.max_steps + 1):  # `step` counts completed optimizer steps
-        t0 = time.perf_counter()
-        stats = train_step(
-            net, model, optimizer, scheduler, scaler, train_batches, autocast, info, tcfg.grad_clip, stop.requested
-        )
-        preempted = stats.stop  # a rank got SIGTERM/SIGUSR2: all finish this step, checkpoint, stop
-        if stats.nonfinite and not tcfg.skip_nonfinite:
-            raise nonfinite_error(
-                f"the train loss is {stats.loss} and the grad norm {stats.grad_norm}", step, ckpt_dir, skippable=True
-            )
-        if stats.nonfinite:
-            log.warning(
-                "Step %d: train loss %s, grad norm %s; skipping its optimizer step (training.skip_nonfinite=true).",
-                step,
-                stats.loss,
-                stats.grad_norm,
-            )
-        if step == start_step + 1:  # optimizers create their state on the first step
-            log.info(
-                "optimizer state: %.1f MB%s",
-                state_bytes(optimizer.optim if zero1 else optimizer) / 2**20,
-                " (rank 0's ZeRO-1 shard)" if zero1 else "",
-            )
 
-        dt = time.perf_counter() - t0
-        if loop_start is None:
-            loop_start = time.perf_counter()  # the first step (warm-up, compilation) is not timed
-        else:
-            timed_steps += 1
-        sec_per_step = (time.perf_counter() - loop_start) / timed_steps if timed_steps else dt
-        eta_s = sec_per_step * (tcfg.max_steps - step)
-        row: dict[str, Any] = {
-            "step": step,
-            "train/loss": stats.loss,
-            "train/acc": stats.acc,
-            "train/ppl": math.exp(min(stats.loss, 50.0)),
-            "train/tokens_per_sec": tokens_per_step / dt,
-            "train/pre_clip_norm": stats.grad_norm,
-            "run/lr": stats.lr,
-            "run/eta_hr": eta_s / 3600,
-            "run/tokens": step * tokens_per_step,
-        }
-        if stats.nonfinite:
-            row["train/skipped_nonfinite"] = 1
+# ---------------------------------------------------------------- resume
 
-        is_last = step == tcfg.max_steps
-        evaluating = step % cfg.eval.every == 0 or is_last or preempted
-        if evaluating:
-            row.update(evaluate(net, val_batches, autocast, info))
-            if not math.isfinite(row["val/loss"]):  # the weights themselves are broken: never checkpoint them
-                raise nonfinite_error(f"the val loss is {row['val/loss']}", step, ckpt_dir, skippable=False)
-            last_val_loss = row["val/loss"]
-            row["val/generalization_gap"] = row["val/loss"] - stats.loss
-            is_best = row["val/loss"] < best_val_loss
-            best_val_loss = min(best_val_loss, row["val/loss"])
 
-        # The row before the checkpoint: a run killed in between redoes this step and rewrites
-        # its row; the other order would resume after a step whose row was never written.
-        observer.log_step(row, eta_s)  # metrics.jsonl, W&B, progress bar, console line
+@dataclass
+class ValLosses:
+    """The best val loss (carried over by a resume: it decides best.pt) and this run's latest."""
 
-        if evaluating and cfg.eval.checkpoint != "none":
-            rng = all_rng_states()  # every rank's; a collective, so before the master-only save
-            state = {
-                "model": clean_state_dict(model.state_dict()),
-                "optimizer": optimizer_state(optimizer, info, zero1),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "data": train_batches.state_dict(),
-                "rng": rng,
-                "step": step,
-                "best_val_loss": best_val_loss,
-                "config": OmegaConf.to_container(cfg, resolve=True),
-                "data_meta": data.meta,
-            }
-            if info.is_master:
-                save_checkpoint(
-                    ckpt_dir,
-                    state,
-                    step,
-                    row["val/loss"],
-                    is_best and cfg.eval.checkpoint == "best_and_last",
-                    cfg.eval.keep_last,
-                )
-        if preempted:
-            if info.is_master:
-                log.warning(
-                    "Stopping at step %d on a preemption/time-limit signal, checkpointed: resume=auto continues from "
-                    "it.",
-                    step,
-                )
-            break
+    best: float = math.inf
+    last: float | None = None
 
-    observer.close()
-    if preempted:
-        stop.forward()  # on to submitit's handler (requeue on a time limit) or the default action
-    if info.is_master:
-        finish_message(run_dir, ckpt_dir, best_val_loss, last_val_loss, loop_start)
-    return best_val_loss
+    def record(self, loss: float) -> bool:
+        """Note an eval's loss; returns whether it is the best so far."""
+        is_best = loss < self.best
+        self.best, self.last = min(self.best, loss), loss
+        return is_best
+
+
+def resume(cfg: DictConfig, run_dir: Path, run: Run, info: dist.DistInfo) -> tuple[int, ValLosses]:
+    """Model, optimizer, scheduler, scaler, data position and RNGs from `resume` (auto: the newest
+    checkpoint in the run dir that loads). Returns the step to continue after (0: a fresh start)
+    and the best val loss so far."""
+    resumed = find_resume_checkpoint(cfg.resume, run_dir)
+    if resumed is None:
+        return 0, ValLosses()
+    path, ckpt = resumed
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    load_model_state(run.model, ckpt["model"], path, ckpt.get("config", {}).get("model"), model_cfg)
+    # The checkpoint's optimizer state, schedule position and loss scale; this config's hyperparameters
+    restore_optimizer_and_schedule(run.optimizer, run.scheduler, ckpt["optimizer"], ckpt["scheduler"])
+    restore_scaler(run.scaler, ckpt["scaler"])
+    log_config_changes(ckpt.get("config"), OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    run.data.train.load_state_dict(ckpt["data"])
+    restore_rng_state(ckpt["rng"], info.rank, info.world_size)
+    log.info("Resumed from %s at step %d (best val loss %.4f)", path, ckpt["step"], ckpt["best_val_loss"])
+    return ckpt["step"], ValLosses(best=ckpt["best_val_loss"])
+
+
+# ---------------------------------------------------------------- the loop's parts
 
 
 @dataclass
@@ -406,37 +428,28 @@ class StepStats:
     data_s: float  # seconds spent waiting for this step's batches
 
 
-def train_step(
-    net: torch.nn.Module,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: Any,
-    batches: Any,
-    autocast: Any,
-    info: dist.DistInfo,
-    grad_clip: float,
-    stop_requested: bool = False,
-) -> StepStats:
+def train_step(run: Run, info: dist.DistInfo, grad_clip: float, stop_requested: bool = False) -> StepStats:
     """One optimizer step: the micro-batches of one global batch (gradient accumulation, DDP
     all-reduce on the last one only), clip, step, schedule. The trainer and `nanugpt.bench` both
     call this, so the benchmark times the code that trains."""
+    net, optimizer, scaler = run.net, run.optimizer, run.scaler
     t = time.perf_counter()
-    micro_batches = batches.next_step()
+    micro_batches = run.data.train.next_step()
     data_s = time.perf_counter() - t
     accum = len(micro_batches)
-    totals = torch.zeros(4, dtype=torch.float64, device=info.device)  # loss, correct, count, stop flag
+    loss_sum = correct = scored = torch.zeros((), dtype=torch.float64, device=info.device)  # rebound, never in place
     for micro_step, (x, y) in enumerate(micro_batches):
         # DDP all-reduces gradients only on the last micro-step.
         sync = not info.is_distributed or micro_step == accum - 1
-        with contextlib.nullcontext() if sync else net.no_sync(), autocast:
-            _, loss, correct, count = net(x, y)
+        with contextlib.nullcontext() if sync else net.no_sync(), run.autocast:
+            loss, micro_correct, micro_scored = net(x, y)
         scaler.scale(loss / accum).backward()
-        totals[:3] += torch.stack([loss.detach().double(), correct.double(), count.double()])
-    totals[3] = float(stop_requested)
-    dist.all_reduce_sum(totals, info)
-    train_loss = totals[0].item() / (accum * info.world_size)
-    grad_norm = scaler.unscale_and_clip_(optimizer, model.parameters(), grad_clip).item()  # scaler= group
+        loss_sum = loss_sum + loss.detach().double()
+        correct, scored = correct + micro_correct.double(), scored + micro_scored.double()
+    stop = torch.full((), float(stop_requested), dtype=torch.float64, device=info.device)
+    sums = dist.sum_over_ranks(info, loss=loss_sum, correct=correct, scored=scored, stop=stop)
+    train_loss = sums["loss"] / (accum * info.world_size)
+    grad_norm = scaler.unscale_and_clip_(optimizer, run.model.parameters(), grad_clip).item()  # scaler= group
     # A NaN/inf loss or gradient would poison the weights: drop the gradients, so the optimizer
     # step below changes nothing. The fp16 grad scaler skips such steps itself.
     nonfinite = not (math.isfinite(train_loss) and math.isfinite(grad_norm)) and not scaler.is_enabled()
@@ -446,9 +459,134 @@ def train_step(
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
-    acc = (totals[1] / totals[2]).item()
-    return StepStats(train_loss, acc, grad_norm, lr, totals[3].item() > 0, nonfinite, data_s)
+    run.scheduler.step()
+    acc = sums["correct"] / (sums["scored"] or math.nan)  # nothing scored: NaN, not a ZeroDivisionError
+    return StepStats(train_loss, acc, grad_norm, lr, sums["stop"] > 0, nonfinite, data_s)
+
+
+def check_finite(stats: StepStats, step: int, skip_nonfinite: bool, ckpt_dir: Path) -> None:
+    """A non-finite step stops the run, or with training.skip_nonfinite=true is skipped (train_step
+    left the weights alone) with a warning."""
+    if stats.nonfinite and not skip_nonfinite:
+        raise nonfinite_error(
+            f"the train loss is {stats.loss} and the grad norm {stats.grad_norm}", step, ckpt_dir, skippable=True
+        )
+    if stats.nonfinite:
+        log.warning(
+            "Step %d: train loss %s, grad norm %s; skipping its optimizer step (training.skip_nonfinite=true).",
+            step,
+            stats.loss,
+            stats.grad_norm,
+        )
+
+
+def log_optimizer_state(run: Run) -> None:
+    zero1 = run.parallel == "zero1"
+    log.info(
+        "optimizer state: %.1f MB%s",
+        state_bytes(run.optimizer.optim if zero1 else run.optimizer) / 2**20,
+        " (rank 0's ZeRO-1 shard)" if zero1 else "",
+    )
+
+
+@dataclass
+class StepClock:
+    """Seconds per step for the ETA; the first step (warm-up, compilation) is not timed."""
+
+    loop_start: float | None = None
+    timed_steps: int = 0
+
+    def lap(self, step_start: float, steps_left: int) -> tuple[float, float]:
+        """(this step's seconds, the ETA in seconds) at the end of a step."""
+        step_s = time.perf_counter() - step_start
+        if self.loop_start is None:
+            self.loop_start = time.perf_counter()
+        else:
+            self.timed_steps += 1
+        sec_per_step = (time.perf_counter() - self.loop_start) / self.timed_steps if self.timed_steps else step_s
+        return step_s, sec_per_step * steps_left
+
+
+def train_row(stats: StepStats, step: int, step_s: float, eta_s: float, tokens_per_step: int) -> dict[str, Any]:
+    """The step's metrics row (metrics.jsonl, W&B, the console line)."""
+    row: dict[str, Any] = {
+        "step": step,
+        "train/loss": stats.loss,
+        "train/acc": stats.acc,
+        "train/ppl": math.exp(min(stats.loss, 50.0)),
+        "train/tokens_per_sec": tokens_per_step / step_s,
+        "train/pre_clip_norm": stats.grad_norm,
+        "run/lr": stats.lr,
+        "run/eta_hr": eta_s / 3600,
+        "run/tokens": step * tokens_per_step,
+    }
+    if stats.nonfinite:
+        row["train/skipped_nonfinite"] = 1
+    return row
+
+
+# ---------------------------------------------------------------- evaluate and checkpoint
+
+
+@torch.no_grad()
+def evaluate(
+    net: torch.nn.Module, batches: list, autocast: Any, info: dist.DistInfo, split: str = "val"
+) -> dict[str, float]:
+    """Loss, accuracy and perplexity over `batches` (all ranks' shares), as `<split>/...` metrics."""
+    net.eval()
+    loss_sum = correct = scored = torch.zeros((), dtype=torch.float64, device=info.device)  # rebound, never in place
+    for x, y in batches:
+        with autocast:
+            loss, batch_correct, batch_scored = net(x, y)
+        loss_sum = loss_sum + loss.double() * batch_scored  # the loss is a mean over the scored tokens
+        correct, scored = correct + batch_correct.double(), scored + batch_scored.double()
+    sums = dist.sum_over_ranks(info, loss=loss_sum, correct=correct, scored=scored)
+    net.train()
+    scored = sums["scored"] or math.nan  # nothing scored: NaN metrics, not a ZeroDivisionError
+    loss = sums["loss"] / scored
+    return {f"{split}/loss": loss, f"{split}/acc": sums["correct"] / scored, f"{split}/ppl": math.exp(min(loss, 50.0))}
+
+
+def validate(run: Run, info: dist.DistInfo, train_loss: float, step: int, ckpt_dir: Path) -> dict[str, float]:
+    """The val metrics for this step's row. A non-finite val loss means the weights themselves are
+    broken: the run stops before they can be checkpointed."""
+    metrics = evaluate(run.net, run.data.val, run.autocast, info)
+    if not math.isfinite(metrics["val/loss"]):
+        raise nonfinite_error(f"the val loss is {metrics['val/loss']}", step, ckpt_dir, skippable=False)
+    metrics["val/generalization_gap"] = metrics["val/loss"] - train_loss
+    return metrics
+
+
+def save_state(
+    cfg: DictConfig, run: Run, info: dist.DistInfo, ckpt_dir: Path, step: int, val_losses: ValLosses, is_best: bool
+) -> None:
+    """Everything `resume` restores, plus the config and data meta that `generate` rebuilds the
+    model and tokenizer from. Every rank calls it (the RNG states and a ZeRO-1 optimizer are
+    gathered); rank 0 writes."""
+    rng = all_rng_states()
+    state = {
+        "model": run.model.state_dict(),
+        "optimizer": optimizer_state(run.optimizer, info, run.parallel == "zero1"),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "data": run.data.train.state_dict(),
+        "rng": rng,
+        "step": step,
+        "best_val_loss": val_losses.best,
+        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "data_meta": run.data.meta,
+    }
+    if info.is_master:
+        best = is_best and cfg.eval.checkpoint == "best_and_last"
+        save_checkpoint(ckpt_dir, state, step, val_losses.last, best, cfg.eval.keep_last)
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer, info: dist.DistInfo, zero1: bool) -> dict[str, Any]:
+    """The full optimizer state on rank 0 ({} elsewhere). With ZeRO-1 a collective: every rank
+    sends its shard to rank 0."""
+    if zero1:
+        optimizer.consolidate_state_dict(to=0)
+    return optimizer.state_dict() if info.is_master else {}
 
 
 def nonfinite_error(what: str, step: int, ckpt_dir: Path, skippable: bool) -> NonFiniteLossError:
@@ -467,34 +605,16 @@ def nonfinite_error(what: str, step: int, ckpt_dir: Path, skippable: bool) -> No
     )
 
 
-def shard_optimizer_state(optimizer: torch.optim.Optimizer) -> ZeroRedundancyOptimizer:
-    """ZeRO-1: the same optimizer, its state (e.g. Adam's moments) split across ranks. Each rank
-    steps its shard and broadcasts the updated parameters, so training matches plain DDP."""
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-
-    cls = type(optimizer)
-    accepted = inspect.signature(cls).parameters  # defaults may hold keys __init__ does not take
-    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
-    return ZeroRedundancyOptimizer([dict(g) for g in optimizer.param_groups], optimizer_class=cls, **defaults)
+# ---------------------------------------------------------------- finish
 
 
-def optimizer_state(optimizer: torch.optim.Optimizer, info: dist.DistInfo, zero1: bool) -> dict[str, Any]:
-    """The full optimizer state on rank 0 ({} elsewhere). With ZeRO-1 a collective: every rank
-    sends its shard to rank 0."""
-    if zero1:
-        optimizer.consolidate_state_dict(to=0)
-    return optimizer.state_dict() if info.is_master else {}
-
-
-def finish_message(
-    run_dir: Path, ckpt_dir: Path, best_val_loss: float, last_val_loss: float | None, loop_start: float | None
-) -> None:
+def finish_message(run_dir: Path, ckpt_dir: Path, val_losses: ValLosses, loop_start: float | None) -> None:
     elapsed = time.perf_counter() - loop_start if loop_start else 0.0
     log.info(
         "Done in %s: best val loss %.4f, last %s. Run dir: %s",
         format_duration(elapsed),
-        best_val_loss,
-        f"{last_val_loss:.4f}" if last_val_loss is not None else "n/a",
+        val_losses.best,
+        f"{val_losses.last:.4f}" if val_losses.last is not None else "n/a",
         run_dir,
     )
     ckpt = ckpt_dir / "best.pt" if (ckpt_dir / "best.pt").is_file() else ckpt_dir / "last.pt"

@@ -44,6 +44,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         raise
 
 
+def remove_stale_temp_files(directory: Path) -> None:
+    """Delete the temp files of `atomic_write`s whose process was killed mid-write. Only for a
+    directory no live process writes to (a run dir its run holds, see nanugpt.rundir)."""
+    for stale in directory.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 

@@ -4,10 +4,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from nanugpt.config import register_configs
 from nanugpt.utils import CONF_DIR
@@ -29,6 +32,29 @@ TINY = [
 ]
 
 
+# Every model config, and the tiny sizes the model tests build them at (each where the config has the key).
+MODEL_CONFIGS = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
+TINY_MODEL = dict(vocab_size=50, context_length=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, intermediate_size=64)
+
+
+def model_kwargs(config: str, tiny: bool = True, **overrides: object) -> tuple[str, dict]:
+    """(target, constructor kwargs) of model=<config>, at the tiny sizes unless `tiny=False`."""
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / f"{config}.yaml"))
+    target = cfg.pop("_target_")
+    sizes = {k: v for k, v in TINY_MODEL.items() if k in cfg} if tiny else {}
+    return target, {**cfg, **sizes, **overrides}
+
+
+def build_model(config: str, tiny: bool = True, **overrides: object) -> torch.nn.Module:
+    """model=<config> as its YAML says (at the tiny sizes unless `tiny=False`), seeded. Called
+    directly rather than through hydra's instantiate, which wraps a ConfigError in its own exception."""
+    if config.startswith("hf_"):
+        pytest.importorskip("transformers", reason="optional extra [hf] not installed")
+    target, kwargs = model_kwargs(config, tiny, **overrides)
+    torch.manual_seed(0)
+    return get_object(target)(**kwargs)
+
+
 @pytest.fixture(autouse=True)
 def data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Prepared data goes to a per-session temp dir, never into the checkout."""
@@ -41,6 +67,25 @@ def compose_train(overrides: list[str] | None = None, config_name: str = "train"
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name=config_name, overrides=overrides or [])
+
+
+def options(group: str) -> list[str]:
+    """The options of a config group: one YAML file each."""
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+def plugin(group: str, *overrides: str) -> Any:
+    """What `instantiate(cfg.<group>)` gives for these overrides (a `_partial_` factory for
+    optim, sched and scaler): each option's defaults come from its YAML, as in training."""
+    return instantiate(compose_train(list(overrides))[group])
+
+
+def plugin_args(group: str, option: str, **overrides: Any) -> dict[str, Any]:
+    """The constructor arguments that `<group>=<option>` configures (its YAML holds the defaults;
+    constructors repeat none), resolved, with `overrides`."""
+    node = compose_train([f"{group}={option}"])[group]
+    args = OmegaConf.to_container(node, resolve=True)
+    return {**{k: v for k, v in args.items() if k != "_target_"}, **overrides}
 
 
 def run_cli(

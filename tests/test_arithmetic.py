@@ -6,16 +6,19 @@ import torch.nn.functional as F
 
 from nanugpt.data.arithmetic import ArithmeticStrings
 from nanugpt.data.examples import IGNORE_INDEX
+from nanugpt.errors import ConfigError
 from nanugpt.losses.arithmetic import AnswerLoss
 from nanugpt.tokenizers.byte import ByteTokenizer
 from nanugpt.train import train
 
-from .conftest import compose_train
+from .conftest import compose_train, plugin_args
 
 
 @pytest.mark.parametrize("op,reverse", [("+", True), ("*", False), ("*", True)])
 def test_equations_are_right_and_fixed_width(op, reverse):
-    data = ArithmeticStrings(op=op, n_digits=3, num_examples=500, reverse_answer=reverse, seed=1)
+    data = ArithmeticStrings(
+        **plugin_args("data", "arithmetic", op=op, num_examples=500, reverse_answer=reverse, seed=1)
+    )
     prompts, answers = data.equations()
     width = 4 if op == "+" else 6
     for prompt, answer in zip(prompts, answers, strict=False):
@@ -25,9 +28,10 @@ def test_equations_are_right_and_fixed_width(op, reverse):
 
 
 def test_pairs_are_distinct_seeded_and_val_is_never_trained_on():
-    data = ArithmeticStrings(n_digits=2, num_examples=3000, train_fraction=0.8, seed=5)
+    args = plugin_args("data", "arithmetic", n_digits=2, num_examples=3000, train_fraction=0.8, seed=5)
+    data = ArithmeticStrings(**args)
     assert len(set(data.equations()[0])) == 3000  # of the 10,000 possible questions
-    assert data.equations() == ArithmeticStrings(n_digits=2, num_examples=3000, train_fraction=0.8, seed=5).equations()
+    assert data.equations() == ArithmeticStrings(**args).equations()
     ex = data.examples(ByteTokenizer())
     train_rows = {tuple(r) for r in ex["train"][0][:, :6].tolist()}  # the prompt "12+34=" is 6 bytes
     val_rows = {tuple(r) for r in ex["val"][0][:, :6].tolist()}
@@ -36,7 +40,9 @@ def test_pairs_are_distinct_seeded_and_val_is_never_trained_on():
 
 def test_only_answer_tokens_are_targets():
     tok = ByteTokenizer()
-    x, y = ArithmeticStrings(op="+", n_digits=3, num_examples=50).examples(tok)["train"]
+    x, y = ArithmeticStrings(**plugin_args("data", "arithmetic", op="+", n_digits=3, num_examples=50)).examples(tok)[
+        "train"
+    ]
     assert x.shape == y.shape == (45, 8 + 4 - 1)
     assert (y[:, :7] == IGNORE_INDEX).all() and (y[:, 7:] != IGNORE_INDEX).all()
     prompt, answer = tok.decode(x[0, :8].tolist()), tok.decode(y[0, 7:].tolist())
@@ -51,17 +57,17 @@ def test_answer_loss_scores_answers_and_counts_exact_matches():
     logits[0, 2, 3] = logits[0, 3, 4] = 10.0  # row 0 fully right
     logits[1, 2, 5] = logits[1, 3, 1] = 10.0  # row 1 has one digit wrong
     logits[:, :2, 7] = 50.0  # prompt positions are not scored, however confident
-    loss, correct, count = AnswerLoss()(logits, targets)
+    loss, correct, count = AnswerLoss(ignore_index=IGNORE_INDEX)(logits, targets)
     assert (correct.item(), count.item()) == (1, 2)
     scored = targets != IGNORE_INDEX
     assert loss.item() == pytest.approx(F.cross_entropy(logits[scored], targets[scored]).item())
 
 
 def test_bad_settings_are_clear_errors():
-    with pytest.raises(ValueError, match="data.op='-'"):
-        ArithmeticStrings(op="-")
-    with pytest.raises(ValueError, match="num_examples=200 .*100 distinct"):
-        ArithmeticStrings(n_digits=1, num_examples=200)
+    with pytest.raises(ConfigError, match="data.op='-'"):
+        ArithmeticStrings(**plugin_args("data", "arithmetic", op="-"))
+    with pytest.raises(ConfigError, match="num_examples=200 .*100 distinct"):
+        ArithmeticStrings(**plugin_args("data", "arithmetic", n_digits=1, num_examples=200))
 
 
 def test_experiment_composes():

@@ -12,9 +12,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from nanugpt.bench import load_tiktoken_file, parse_args
+import nanugpt.train
+from nanugpt.bench.__main__ import split_command
+from nanugpt.bench.prepare import load_tiktoken_file
+from nanugpt.bench.train import bench_train
+from nanugpt.config import validate_bench
+from nanugpt.errors import ConfigError
 from nanugpt.tokenizers.tiktoken_bpe import TiktokenTokenizer, split_for_batch
-from tests.conftest import REPO, TINY, run_cli
+from tests.conftest import TINY, compose_train, run_cli
 
 FAST = ["bench.warmup=1", "bench.steps=2", "bench.repeats=2"]
 
@@ -49,6 +54,8 @@ def test_bench_eval_reports_seconds_per_pass(tmp_path: Path) -> None:
     (row,) = run_bench("eval", tmp_path)["results"]
     assert row["tokens"] == 4 * 8 * 32  # eval.iters x device batch x context
     assert row["sec_per_eval"] > 0
+    # train.yaml's callbacks run, but a benchmark has no run dir: its JSON is all it writes (no .lock)
+    assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]
 
 
 def test_bench_generate_compares_cache_and_recompute(tmp_path: Path) -> None:
@@ -100,14 +107,39 @@ def test_batched_tiktoken_encode_equals_one_encode(tmp_path: Path) -> None:
     assert TiktokenTokenizer.encode(ours, text).tolist() == enc.encode_ordinary(text)
 
 
-def test_bench_rejects_unknown_commands_and_options() -> None:
+def test_bench_rejects_unknown_commands_and_options(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="usage"):
-        parse_args(["speed"])
+        split_command(["speed"])
+    with pytest.raises(SystemExit, match=r"bench\.stepz; known: bench\.warmup, bench\.steps, "):
+        split_command(["train", "bench.stepz=3"])
     with pytest.raises(SystemExit, match="bench.stepz"):
-        parse_args(["train", "bench.stepz=3"])
-    what, bench, overrides = parse_args(["generate", "bench.batch_sizes=[1,8]", "model.n_layer=2"])
-    assert (what, bench["batch_sizes"], overrides) == ("generate", [1, 8], ["model.n_layer=2"])
-    assert REPO.is_dir()
+        split_command(["train", "+bench.stepz=3"])  # no appending around the schema either
+    what, overrides = split_command(["generate", "bench.batch_sizes=[1,8]", "model.n_layer=2"])
+    assert (what, overrides) == ("generate", ["bench.batch_sizes=[1,8]", "model.n_layer=2"])
+    # the typed section: a wrong type fails at composition, before anything runs
+    proc = run_cli("nanugpt.bench", "train", "bench.steps=abc", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "bench.steps=abc" in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # no run dir, no log file, no JSON
+    # an out-of-range value: one paragraph naming the key, before the benchmark runs
+    with pytest.raises(ConfigError, match=r"bench\.steps=0 is out of range"):
+        validate_bench(compose_train(["bench.steps=0"], config_name="bench"))
+
+
+def test_bench_train_times_the_trainers_own_train_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The benchmark's nanugpt loop is `nanugpt.train.train_step` itself: replaced in-process by a
+    counting wrapper, every warm-up and timed step of that loop goes through it."""
+    real_step, calls = nanugpt.train.train_step, []
+
+    def counting_step(*args, **kwargs):
+        calls.append(args[0])
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(nanugpt.train, "train_step", counting_step)
+    cfg = compose_train([*TINY, "bench.warmup=2", "bench.steps=3", "bench.repeats=2"], config_name="bench")
+    result = bench_train(cfg)
+    assert len(calls) == 2 + 3 * 2  # warm-up + steps x repeats; the plain loop does not call it
+    assert all(isinstance(run, nanugpt.train.Run) for run in calls)
+    assert [r["loop"] for r in result.rows] == ["nanugpt", "plain torch loop"]
 
 
 def test_bench_speedrun_times_whole_training_runs(tmp_path: Path) -> None:
@@ -128,7 +160,7 @@ def test_bench_speedrun_times_whole_training_runs(tmp_path: Path) -> None:
         "eval.iters=2",
         "training.threads=1",
         "bench.repeats=2",
-        "bench.target_wall_s=1e9",
+        "bench.target_wall_s=0.001",  # no run can meet it: the goal must say so
         "bench.target_loss=1e9",
         f"bench.out={out}",
         cwd=tmp_path,
@@ -144,5 +176,5 @@ def test_bench_speedrun_times_whole_training_runs(tmp_path: Path) -> None:
     assert summary["wall_s"] == pytest.approx(
         sorted(r["wall_s"] for r in runs)[0] / 2 + sorted(r["wall_s"] for r in runs)[1] / 2
     )
-    assert summary["goal_met"] is True
+    assert summary["goal_met"] is False  # the loss goal is met, the wall-time goal is not
     assert list(tmp_path.glob("outputs")) == []  # runs live in temporary dirs

@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from nanugpt.checkpoint import find_resume_checkpoint, load_checkpoint, read_log, save_checkpoint, step_file_name
+from nanugpt.checkpoint import (
+    find_resume_checkpoint,
+    load_checkpoint,
+    load_model_state,
+    read_log,
+    save_checkpoint,
+    step_file_name,
+)
 from nanugpt.errors import CheckpointError
 from nanugpt.metrics import read_metrics
 
@@ -124,6 +131,29 @@ def test_generate_names_a_corrupt_checkpoint(two_checkpoints, tmp_path):
         f"Checkpoint {bad} could not be loaded" in proc.stderr
         and "last.pt (step 4); pass that path instead" in proc.stderr
     )
+
+
+class Named(torch.nn.Module):
+    """Children whose own names are the wrappers' words: `module`, and `submodule` (module. inside)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.module = torch.nn.Linear(3, 3)
+        self.submodule = torch.nn.Linear(3, 2)
+
+
+def test_wrapper_prefixes_are_stripped_and_module_names_kept(tmp_path):
+    torch.manual_seed(0)
+    saved = Named()
+    # Real wrappers: torch.compile adds `_orig_mod.` (it compiles lazily, so nothing runs here);
+    # DataParallel adds `module.` as DDP does, and needs no process group.
+    wrapped = torch.nn.DataParallel(torch.compile(saved))
+    assert all(k.startswith("module._orig_mod.") for k in wrapped.state_dict())
+    for state in (saved.state_dict(), wrapped.state_dict()):
+        fresh = Named()
+        load_model_state(fresh, state, tmp_path / "x.pt", None, {})
+        assert list(fresh.state_dict()) == ["module.weight", "module.bias", "submodule.weight", "submodule.bias"]
+        assert all(torch.equal(fresh.state_dict()[k], v) for k, v in saved.state_dict().items())
 
 
 def test_no_loadable_checkpoint_under_resume_auto_is_an_error(tmp_path):

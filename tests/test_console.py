@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from nanugpt.metrics import read_metrics
-from nanugpt.observe import git_state, peak_flops
+from nanugpt.observe import PEAK_FLOPS, git_state, peak_flops
 
 from .conftest import REPO, TINY, run_cli
 
@@ -90,5 +90,36 @@ def test_terminal_gets_a_progress_bar_and_mfu_is_na_on_cpu(tmp_path):
     assert not ANSI.search(log) and log.count("step 20/40") == 1  # the file log stays plain
 
 
-def test_peak_flops_table():
+@pytest.fixture
+def fp32_precision():
+    """Restore the process-wide CUDA float32 matmul setting a test changes."""
+    saved = torch.backends.cuda.matmul.fp32_precision
+    yield
+    torch.backends.cuda.matmul.fp32_precision = saved
+
+
+@pytest.mark.parametrize(
+    "name,row",
+    [
+        ("NVIDIA H100 80GB HBM3", "H100"),
+        ("NVIDIA H200", "H200"),
+        ("NVIDIA A100-SXM4-80GB", "A100"),
+        ("Tesla V100-SXM2-16GB", None),  # not in the table: MFU n/a, not an invented peak
+    ],
+)
+def test_peak_flops_looks_up_the_gpu_by_name_and_compute_dtype(name, row, monkeypatch, fp32_precision):
+    """This machine has no GPU: the device name is the one thing peak_flops asks CUDA for, so
+    torch.cuda.get_device_name is replaced by one that returns what those GPUs report; the
+    lookup, and the TF32 setting that picks the float32 row, run for real."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    gpu = torch.device("cuda", 0)
+    peaks = PEAK_FLOPS.get(row, {})
+    assert peak_flops(gpu, torch.bfloat16) == peaks.get("bf16")
+    assert peak_flops(gpu, torch.float16) == peaks.get("bf16")  # the same tensor-core rate
+    torch.backends.cuda.matmul.fp32_precision = "tf32"  # as train.py sets it on CUDA (torch >= 2.9)
+    assert peak_flops(gpu, torch.float32) == peaks.get("tf32")
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    assert peak_flops(gpu, torch.float32) == peaks.get("fp32")
+    if row is not None:
+        assert peaks["bf16"] > peaks["tf32"] > peaks["fp32"]
     assert peak_flops(torch.device("cpu"), torch.bfloat16) is None

@@ -1,16 +1,33 @@
 import json
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
-from nanugpt.data.loader import RandomWindowBatches, fixed_eval_batches
+from nanugpt.data.build import build_data, load_tokens
+from nanugpt.data.contract import BatchSpec
+from nanugpt.data.loader import RandomWindowBatches, TokenWindows, fixed_eval_batches
 from nanugpt.data.prepared import load_prepared, prepare
 from nanugpt.data.pystdlib import PyStdlibCorpus, stdlib_files
 from nanugpt.data.shakespeare_char import TinyShakespeare
 from nanugpt.data.text import TextFiles
+from nanugpt.errors import ConfigError, UserError
 from nanugpt.tokenizers.base import token_dtype
 from nanugpt.tokenizers.byte import ByteTokenizer
+
+from .conftest import compose_train, plugin_args
+
+
+def text_files(path) -> TextFiles:
+    return TextFiles(**plugin_args("data", "text", path=str(path)))
 
 
 @pytest.mark.parametrize("text", ["hello world", "def f(x):\n    return x  # ünïcödé ✓ 日本語", ""])
@@ -46,7 +63,7 @@ def test_prepare_writes_what_metadata_says(tmp_path):
         raw = np.fromfile(data.path / f"{split}.bin", dtype=meta["dtype"])
         assert raw.size == meta["num_tokens"][split]
     text = source.text
-    assert tok.decode(data.train) + tok.decode(data.val) == text
+    assert tok.decode(data.splits["train"][0]) + tok.decode(data.splits["val"][0]) == text
     assert meta["num_tokens"]["val"] == len(text.encode()) - len(text[: int(len(text) * 0.9)].encode())
 
 
@@ -54,38 +71,156 @@ def test_prepare_reuses_cache_and_redoes_when_source_changes(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("abc" * 1000)
     cfg = {"path": str(corpus)}
-    first = prepare(TextFiles(str(corpus)), ByteTokenizer(), tmp_path / "d", cfg, {})
+    first = prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", cfg, {})
     mtime = (first.path / "train.bin").stat().st_mtime_ns
-    again = prepare(TextFiles(str(corpus)), ByteTokenizer(), tmp_path / "d", cfg, {})
+    again = prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", cfg, {})
     assert (again.path / "train.bin").stat().st_mtime_ns == mtime  # served from cache
     corpus.write_text("xyz" * 2000)
-    changed = prepare(TextFiles(str(corpus)), ByteTokenizer(), tmp_path / "d", cfg, {})
-    assert changed.path == first.path and ByteTokenizer().decode(changed.train).startswith("xyz")
+    changed = prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", cfg, {})
+    assert changed.path == first.path and ByteTokenizer().decode(changed.splits["train"][0]).startswith("xyz")
     # a different tokenizer config never shares a directory with this one
-    other = prepare(TextFiles(str(corpus)), ByteTokenizer(), tmp_path / "d", cfg, {"other": 1})
+    other = prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", cfg, {"other": 1})
     assert other.path != first.path
 
 
 def test_truncated_prepared_file_is_a_clear_error(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("hello " * 500)
-    data = prepare(TextFiles(str(corpus)), ByteTokenizer(), tmp_path / "d", {}, {})
+    data = prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", {}, {})
     with open(data.path / "train.bin", "r+b") as f:
         f.truncate(10)
     with pytest.raises(RuntimeError, match="delete .* prepared again"):
         load_prepared(data.path)
 
 
+def truncate_bin(path: Path) -> str:
+    with open(path / "train.bin", "r+b") as f:
+        f.truncate(10)
+    return "train.bin is missing or has the wrong size"
+
+
+def tear_meta(path: Path) -> str:
+    meta = (path / "meta.json").read_text()
+    (path / "meta.json").write_text(meta[: len(meta) // 2])
+    return "meta.json is torn"
+
+
+@pytest.mark.parametrize("corrupt", [truncate_bin, tear_meta])
+def test_a_corrupt_cache_is_named_and_prepared_again(tmp_path, caplog, corrupt):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world " * 500)
+    first = prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", {}, {})
+    expected = {split: np.array(shards[0]) for split, shards in first.splits.items()}
+    problem = corrupt(first.path)
+    with caplog.at_level(logging.WARNING, logger="nanugpt.data.prepared"):
+        again = prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", {}, {})
+    assert f"Preparing {first.path} again" in caplog.text and problem in caplog.text
+    assert all(np.array_equal(again.splits[split][0], tokens) for split, tokens in expected.items())
+
+
+def text_config(corpus: Path, *extra: str) -> DictConfig:
+    return compose_train(
+        [
+            "data=text",
+            f"data.path={corpus}",
+            "model.context_length=16",
+            "training.global_batch_size=8",
+            "training.device_batch_size=4",
+            "eval.iters=3",
+            *extra,
+        ]
+    )
+
+
+def test_token_ids_beyond_the_vocab_are_refused_with_the_directory_to_delete(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world " * 500)
+    cfg = text_config(corpus)
+    path = load_tokens(cfg, instantiate(cfg.data)).path  # prepares the cache build_data reads
+    train = np.memmap(path / "train.bin", dtype=np.uint16, mode="r+")
+    train[:] = 300  # same size, ids a byte tokenizer never makes
+    train.flush()
+    with pytest.raises(ConfigError, match=rf"train.bin holds token id 300 .*vocab of 256.*delete {path}"):
+        build_data(cfg, BatchSpec.from_config(cfg)).train.next_step()
+
+
+@contextmanager
+def read_only(*dirs: Path) -> Iterator[None]:
+    """chmod -w; as root, which writes anyway, also the immutable attribute (chattr +i)."""
+    made_immutable = []
+    try:
+        for d in dirs:
+            for p in [d, *d.rglob("*")]:
+                p.chmod(p.stat().st_mode & ~0o222)
+        if os.geteuid() == 0:
+            for d in dirs:
+                if subprocess.run(["chattr", "+i", str(d)], capture_output=True).returncode == 0:
+                    made_immutable.append(d)
+        try:
+            (dirs[0] / "probe").touch()
+        except OSError:
+            pass
+        else:
+            (dirs[0] / "probe").unlink()
+            pytest.skip("cannot make a directory read-only here (root without chattr)")
+        yield
+    finally:
+        for d in made_immutable:
+            subprocess.run(["chattr", "-i", str(d)], check=True)
+        for d in dirs:
+            for p in [d, *d.rglob("*")]:
+                p.chmod(p.stat().st_mode | 0o200)
+
+
+def test_a_complete_cache_on_read_only_storage_is_used(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world " * 500)
+    first = prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", {}, {})
+    first.path.with_name(first.path.name + ".lock").unlink()  # as if copied onto the read-only storage
+    with read_only(tmp_path / "d", first.path):
+        again = prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", {}, {})
+        assert np.array_equal(again.splits["train"][0], first.splits["train"][0])
+        truncate_bin(first.path)  # the file itself stays writable (root's chattr is on the directories)
+        refused = rf"Cannot prepare {first.path} \(.*train.bin is missing or has the wrong size.*\): writing "
+        with pytest.raises(UserError, match=refused + f".*delete {first.path}"):
+            prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", {}, {})
+
+
+def test_build_data_for_text_and_example_data(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("".join(f"line {i}: the quick brown fox\n" for i in range(300)))
+    cfg = text_config(corpus)
+    text = build_data(cfg, BatchSpec.from_config(cfg))
+    micro = text.train.next_step()
+    assert len(micro) == 2 and micro[0][0].shape == (4, 16) and torch.equal(micro[0][0][:, 1:], micro[0][1][:, :-1])
+    assert ByteTokenizer().decode(micro[0][0][0]) in corpus.read_text()
+    assert len(text.val) == 3 and text.test is None and text.vocab_size == 256 and text.meta["source"] == "text"
+
+    small = ["training.global_batch_size=16", "training.device_batch_size=8"]
+    cfg = compose_train(["experiment=grokking", "data.p=11", *small])
+    grok = build_data(cfg, BatchSpec.from_config(cfg))
+    assert [x.shape for x, _ in grok.train.next_step()] == [(8, 4), (8, 4)]
+    assert sum(len(x) for x, _ in grok.val) == 55 and grok.test is None and grok.vocab_size == 16
+    assert grok.meta["num_examples"] == {"train": 55, "val": 55}
+    cfg = compose_train(["experiment=arithmetic", "data.n_digits=2", "data.num_examples=100", *small])
+    arith = build_data(cfg, BatchSpec.from_config(cfg))
+    assert sum(len(x) for x, _ in arith.val) == 10 and arith.vocab_size == 256 and arith.meta["source"] == "arithmetic"
+    cfg.model.context_length = 5
+    with pytest.raises(ConfigError, match="rows are 8 tokens, longer than model.context_length=5"):
+        build_data(cfg, BatchSpec.from_config(cfg))
+
+
 def test_text_source_errors_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt"):
-        _ = TextFiles(str(tmp_path / "nope.txt")).text
+        _ = text_files(tmp_path / "nope.txt").text
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no files"):
-        _ = TextFiles(str(tmp_path / "empty")).text
+        _ = text_files(tmp_path / "empty").text
 
 
 def test_shakespeare_offline_error_says_how_to_pass_a_local_copy(tmp_path):
-    src = TinyShakespeare(cache_dir=str(tmp_path), url="http://127.0.0.1:9/input.txt", timeout_s=2)
+    args = plugin_args("data", "shakespeare_char", cache_dir=str(tmp_path))
+    src = TinyShakespeare(**args, url="http://127.0.0.1:9/input.txt", timeout_s=2)
     with pytest.raises(RuntimeError, match="data.local_path="):
         _ = src.text
 
@@ -94,12 +229,18 @@ def test_shakespeare_local_copy_is_checked(tmp_path):
     wrong = tmp_path / "wrong.txt"
     wrong.write_text("not shakespeare")
     with pytest.raises(ValueError, match="sha256"):
-        _ = TinyShakespeare(cache_dir=str(tmp_path), local_path=str(wrong)).text
+        _ = TinyShakespeare(
+            **plugin_args("data", "shakespeare_char", cache_dir=str(tmp_path), local_path=str(wrong))
+        ).text
+
+
+def windows(tokens: np.ndarray, context_length: int) -> TokenWindows:
+    return TokenWindows([tokens], context_length)
 
 
 def test_batches_are_shifted_windows_and_resume_exactly():
     tokens = np.arange(1000, dtype=np.uint16)
-    batches = RandomWindowBatches(tokens, 16, 8, 4, 0, 1, seed=0, device=torch.device("cpu"))
+    batches = RandomWindowBatches(windows(tokens, 16), BatchSpec(16, 8, 4, seed=0))
     micro = batches.next_step()
     assert len(micro) == 2
     x, y = micro[0]
@@ -112,36 +253,34 @@ def test_batches_are_shifted_windows_and_resume_exactly():
 
 def test_ranks_split_one_global_batch():
     tokens = np.arange(5000, dtype=np.uint16)
-    make = lambda rank, world, dbs: RandomWindowBatches(
-        tokens, 8, 8, dbs, rank, world, seed=3, device=torch.device("cpu")
+    make = lambda rank, world: RandomWindowBatches(
+        windows(tokens, 8), BatchSpec(8, 8, 2, rank=rank, world_size=world, seed=3)
     )
-    single = torch.cat([x for x, _ in make(0, 1, 2).next_step()])
-    split = torch.cat([x for r in range(2) for x, _ in make(r, 2, 2).next_step()])
+    single = torch.cat([x for x, _ in make(0, 1).next_step()])
+    split = torch.cat([x for r in range(2) for x, _ in make(r, 2).next_step()])
     assert sorted(map(tuple, single.tolist())) == sorted(map(tuple, split.tolist()))
 
 
 def test_eval_batches_are_fixed_and_cover_ranks():
-    tokens = np.arange(5000, dtype=np.uint16)
-    one = fixed_eval_batches(tokens, 8, 4, 6, 0, 1, torch.device("cpu"))
-    again = fixed_eval_batches(tokens, 8, 4, 6, 0, 1, torch.device("cpu"))
+    tokens = windows(np.arange(5000, dtype=np.uint16), 8)
+    one = fixed_eval_batches(tokens, BatchSpec(8, 4, 4), 6)
+    again = fixed_eval_batches(tokens, BatchSpec(8, 4, 4), 6)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(one, again, strict=False))
-    r0 = fixed_eval_batches(tokens, 8, 4, 6, 0, 2, torch.device("cpu"))
-    r1 = fixed_eval_batches(tokens, 8, 4, 6, 1, 2, torch.device("cpu"))
+    r0 = fixed_eval_batches(tokens, BatchSpec(8, 8, 4, rank=0, world_size=2), 6)
+    r1 = fixed_eval_batches(tokens, BatchSpec(8, 8, 4, rank=1, world_size=2), 6)
     assert len(r0) + len(r1) == 6 and torch.equal(r1[0][0], one[1][0])
 
 
 def test_corpus_smaller_than_a_window_is_a_clear_error():
     with pytest.raises(ValueError, match="fewer than one context window"):
-        RandomWindowBatches(np.arange(10, dtype=np.uint16), 16, 4, 4, 0, 1, 0, torch.device("cpu"))
+        windows(np.arange(10, dtype=np.uint16), 16)
 
 
 def test_prefetching_loader_gives_the_same_batches_and_resume_position():
     """The GPU loader gathers step n+1 in a worker thread while step n computes; batches and the
     saved resume position must be those of the plain loader (checked here on the CPU)."""
-    tokens = np.arange(5000, dtype=np.uint16)
-    make = lambda prefetch: RandomWindowBatches(
-        tokens, 16, 8, 4, 0, 1, seed=5, device=torch.device("cpu"), prefetch=prefetch
-    )
+    tokens = windows(np.arange(5000, dtype=np.uint16), 16)
+    make = lambda prefetch: RandomWindowBatches(tokens, BatchSpec(16, 8, 4, seed=5), prefetch=prefetch)
     plain, ahead = make(False), make(True)
     for _ in range(3):
         for (x1, y1), (x2, y2) in zip(plain.next_step(), ahead.next_step(), strict=True):

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from nanugpt.bench import BENCH_DEFAULTS, parse_args
-from nanugpt.config import TrainConfig, register_configs
+from nanugpt.bench.__main__ import speedrun_experiment, split_command
+from nanugpt.config import BenchConfig, TrainConfig, register_configs
 from nanugpt.utils import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,8 +25,8 @@ README_MAX_LINES = 250
 
 GROUPS = ("model", "data", "tokenizer", "optim", "sched", "loss", "scaler", "experiment", "debug", "hparams_search")
 SECTIONS = ("training", "eval", "logging", "paths")
-# Mistakes the docs show on purpose, as examples of what fails; each must really be wrong.
-DELIBERATE_TYPOS = {"training.max_stpes", "model=gpt2_125m", "model.foo"}
+# Mistakes the docs show on purpose, as examples of what fails (a typo, a key that moved); each must really be wrong.
+DELIBERATE_TYPOS = {"training.max_stpes", "model=gpt2_125m", "model.foo", "logging.wandb.tags"}
 # `section.key` words that are file names, not config keys (data.md, tokenizer.json)
 FILE_SUFFIXES = {"md", "py", "yaml", "png", "json", "jsonl", "txt", "bin", "pt"}
 
@@ -174,7 +174,7 @@ def test_config_keys_exist(page):
         if root in SECTIONS:
             ok = schema_has(dotted)
         elif root == "bench":
-            ok = key in BENCH_DEFAULTS
+            ok = key.split(".")[0] in {f.name for f in dataclasses.fields(BenchConfig)}
         elif root == "hydra.launcher":
             ok = key.split(".")[0] in launcher_keys
         else:
@@ -186,6 +186,7 @@ def test_config_keys_exist(page):
 
 def test_deliberate_typos_are_really_wrong():
     assert not schema_has("training.max_stpes")
+    assert not schema_has("logging.wandb.tags") and schema_has("tags")  # moved to the top level
     assert "gpt2_125m" not in options("model")
     assert "foo" not in option_keys("model")
 
@@ -243,7 +244,7 @@ def test_readme_bench_commands_are_the_bench_commands():
     line = next(line for line in code_lines(README) if line.startswith("python -m nanugpt.bench <"))
     in_readme = set(re.search(r"<([\w|]+)>", line).group(1).split("|"))
     with pytest.raises(SystemExit) as usage:
-        parse_args([])
+        split_command([])
     in_code = set(re.search(r"\{([\w|]+)\}", str(usage.value)).group(1).split("|"))
     assert in_readme == in_code
 
@@ -267,13 +268,15 @@ def shown_commands(page: Path) -> list[tuple[str, list[str]]]:
 
 def as_overrides(entry: str, args: list[str]) -> tuple[str, list[str]]:
     """The config a command composes and its overrides: placeholders (`<run dir>`, `...`) and flags dropped, the
-    first value of each sweep list, bench's own keys and subcommand set aside."""
-    config = {"nanugpt.generate": "generate", "nanugpt.prepare": "prepare"}.get(entry, "train")
+    first value of each sweep list, bench's subcommand set aside (its typed bench.* keys compose with the rest)."""
+    config = {"nanugpt.generate": "generate", "nanugpt.prepare": "prepare", "nanugpt.bench": "bench"}.get(
+        entry, "train"
+    )
     overrides = []
-    if entry == "nanugpt.bench" and args[:1] == ["speedrun"]:  # the bench runs its experiment
-        overrides.append(f"experiment={BENCH_DEFAULTS['experiment']}")
+    if entry == "nanugpt.bench" and args[:1] == ["speedrun"]:  # the bench composes the experiment it runs
+        overrides.append(speedrun_experiment(args))
     for arg in args:
-        if "<" in arg or "..." in arg or arg.startswith("-") or arg.startswith("bench."):
+        if "<" in arg or "..." in arg or arg.startswith("-"):
             continue
         if arg.startswith("~"):  # delete a key
             overrides.append(arg)

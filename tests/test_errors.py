@@ -49,6 +49,61 @@ def train_error(tmp_path: Path, *overrides: str) -> str:
     return str(err)
 
 
+# Lines Hydra adds around the one paragraph: where the job failed, and how to get the full trace.
+HYDRA_LINES = ("Error executing job with overrides:", "Set the environment variable HYDRA_FULL_ERROR=1")
+
+
+def one_paragraph(module: str, *args: str, cwd: Path, env: dict | None = None) -> str:
+    """Run a CLI that must fail at start-up; return its message after checking that it is the
+    one `Error: ...` line (besides Hydra's own lines), with no traceback."""
+    proc = run_cli(module, *args, cwd=cwd, env=env, check=False)
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith(HYDRA_LINES)]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
+    return lines[0]
+
+
+def test_out_of_range_value_is_one_paragraph_and_leaves_no_run_dir(tmp_path):
+    msg = one_paragraph("nanugpt.train", "eval.iters=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert msg == "Error: eval.iters=0 is out of range: it must be an integer >= 1. The default is eval.iters=20."
+    assert not (tmp_path / "run").exists()  # checked before Hydra creates the run dir
+
+
+def test_unknown_choice_lists_the_valid_ones(tmp_path):
+    err = train_fails(tmp_path, "training.dtype=fp16")
+    assert "Invalid value 'fp16', expected one of [auto, float32, bfloat16, float16]" in err
+
+
+def test_run_dir_that_cannot_be_created(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    msg = one_paragraph("nanugpt.train", f"paths.output_root={tmp_path / 'a_file'}", cwd=tmp_path)
+    assert f"cannot be a directory: {tmp_path / 'a_file'} is a file. Point paths.output_root" in msg
+    sweep = one_paragraph(
+        "nanugpt.train", "-m", f"paths.sweep_root={tmp_path / 'a_file'}", "optim.lr=1e-3,2e-3", cwd=tmp_path
+    )
+    assert f"hydra.sweep.dir='{tmp_path / 'a_file'}/" in sweep and "Point paths.sweep_root" in sweep
+
+
+def test_empty_data_dir_variable(tmp_path):
+    msg = one_paragraph("nanugpt.prepare", cwd=tmp_path, env={"NANUGPT_DATA": ""})
+    assert "paths.data_dir='' (from NANUGPT_DATA) is empty" in msg and "Unset NANUGPT_DATA" in msg
+    assert list(tmp_path.iterdir()) == []  # nothing prepared into the current directory
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_cuda_requested_on_a_machine_without_one(tmp_path):
+    msg = one_paragraph("nanugpt.train", "training.device=cuda", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert "training.device=cuda, but torch sees no CUDA device" in msg and "training.device=auto" in msg
+
+
+def test_generate_without_a_checkpoint_and_with_a_bad_sampler_value(tmp_path):
+    msg = one_paragraph("nanugpt.generate", cwd=tmp_path)
+    assert msg.startswith("Error: ckpt has no value and no default; pass it on the command line, e.g. ckpt=")
+    msg = one_paragraph("nanugpt.generate", "ckpt=model.pt", "top_p=1.5", cwd=tmp_path)
+    assert "top_p=1.5 is out of range: it must be a number > 0 and <= 1, or null (no nucleus cut)." in msg
+
+
 def test_config_key_typo(tmp_path):
     err = train_fails(tmp_path, "training.max_stpes=5")
     assert "Key 'max_stpes' not in 'TrainingConfig'" in err

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from nanugpt.checkpoint import read_log, resolve_checkpoint
-from nanugpt.errors import CheckpointError
+from nanugpt.errors import CheckpointError, ConfigError
 from nanugpt.generate import Sampler
 from nanugpt.train import train
 from tests.conftest import TINY, compose_train, run_cli
@@ -54,3 +54,8 @@ def test_sampler_loads_once_and_samples_like_the_cli(run_dir):
     assert cli == one + "\n"
     with pytest.raises(TypeError, match="Unknown sampling option.*temprature.*valid: .*temperature"):
         sampler("def ", temprature=0.5)
+    # the CLI's ranges (GenerateConfig) hold for the API's options too, checked before sampling
+    with pytest.raises(ConfigError, match=r"top_p=1.5 is out of range: it must be a number > 0 and <= 1"):
+        sampler("def ", top_p=1.5)
+    with pytest.raises(ConfigError, match="max_new_tokens='20' is a str: it must be an integer >= 1"):
+        sampler("def ", max_new_tokens="20")

@@ -17,11 +17,13 @@ from hydra.utils import instantiate
 
 from nanugpt.data.hub import HubDataset
 from nanugpt.data.prepared import load_prepared, prepare
+from nanugpt.errors import ConfigError, UnavailableInputError
+from nanugpt.metrics import read_metrics
 from nanugpt.tokenizers.byte import ByteTokenizer
 from nanugpt.tokenizers.char import CharTokenizer
 from nanugpt.train import train
 
-from .conftest import REPO, TINY, compose_train, run_cli
+from .conftest import REPO, TINY, compose_train, plugin_args, run_cli
 
 STORIES = [
     f"Once upon a time, story {i}: a {['cat', 'dog', 'fox'][i % 3]} named Ümit found {i * 7} apples."
@@ -57,8 +59,8 @@ def test_tinystories_format_prepares_in_parallel_shards(tmp_path, parquet_storie
     data = prepare(source, ByteTokenizer(), tmp_path / "d", {"c": 1}, {})
     tok = ByteTokenizer()
     # byte has no end-of-text token: documents are joined by the text separator, in order
-    assert tok.decode(data.train) == "".join(s + "\n\n" for s in STORIES[:100])
-    assert tok.decode(data.val) == "".join(s + "\n\n" for s in STORIES[100:])
+    assert tok.decode(data.splits["train"][0]) == "".join(s + "\n\n" for s in STORIES[:100])
+    assert tok.decode(data.splits["val"][0]) == "".join(s + "\n\n" for s in STORIES[100:])
     assert not (data.path / "partial").exists()
 
 
@@ -71,21 +73,45 @@ def test_openwebtext_format_holds_out_val_from_train_with_eot(tmp_path, tiktoken
     )
     tok = TiktokenTokenizer("gpt2", tiktoken_rank_file("gpt2"))
     data = prepare(instantiate(cfg.data), tok, tmp_path / "d", {"c": 1}, {})
-    docs = {split: tok.decode(getattr(data, split)).split("<|endoftext|>") for split in ("train", "val")}
+    docs = {split: tok.decode(data.splits[split][0]).split("<|endoftext|>") for split in ("train", "val")}
     assert docs["train"][-1] == docs["val"][-1] == ""  # every document ends with the eot token
     assert len(docs["val"]) - 1 == 12 and sorted(docs["train"][:-1] + docs["val"][:-1]) == sorted(STORIES)
     again = prepare(instantiate(cfg.data), tok, tmp_path / "d2", {"c": 1}, {})
-    assert np.array_equal(again.val, data.val)  # the held-out split is seeded
+    assert np.array_equal(again.splits["val"][0], data.splits["val"][0])  # the held-out split is seeded
 
 
-def test_wikitext_format_joins_lines_without_separators(tmp_path):
-    lines = [" = Valkyria Chronicles III = \n", "", " Senjō no Valkyria 3 is a tactical role-playing game .\n"] * 20
-    for split in ("train", "validation"):
-        datasets.Dataset.from_dict({"text": lines}).save_to_disk(tmp_path / split)
-    files = {s: str(next((tmp_path / s).glob("*.arrow"))) for s in ("train", "validation")}
-    cfg = compose_train(local("wikitext103", files, "arrow"))
+WIKI_LINES = [" = Valkyria Chronicles III = \n", "", " Senjō no Valkyria 3 is a tactical role-playing game .\n"]
+
+
+def wikitext_files(tmp_path: Path) -> dict[str, str]:
+    """WikiText-103's layout: train, validation and test splits of lines, as arrow files."""
+    for n, split in enumerate(("train", "validation", "test")):
+        datasets.Dataset.from_dict({"text": [f"{split} {n}" + line for line in WIKI_LINES * 20]}).save_to_disk(
+            tmp_path / split
+        )
+    return {s: str(next((tmp_path / s).glob("*.arrow"))) for s in ("train", "validation", "test")}
+
+
+def test_wikitext_format_joins_lines_without_separators_and_keeps_its_test_split(tmp_path):
+    cfg = compose_train(local("wikitext103", wikitext_files(tmp_path), "arrow"))
     data = prepare(instantiate(cfg.data), ByteTokenizer(), tmp_path / "d", {"c": 1}, {})
-    assert ByteTokenizer().decode(data.train) == "".join(lines)
+    assert ByteTokenizer().decode(data.splits["train"][0]) == "".join("train 0" + line for line in WIKI_LINES * 20)
+    assert ByteTokenizer().decode(data.splits["test"][0]) == "".join("test 2" + line for line in WIKI_LINES * 20)
+    assert set(data.meta["num_tokens"]) == {"train", "val", "test"}
+
+
+def test_the_test_split_is_evaluated_once_in_the_final_row(tmp_path):
+    files = wikitext_files(tmp_path)
+    tiny = [o for o in TINY if not o.startswith("data.")] + ["model.context_length=16", "eval.iters=2"]
+    cfg = compose_train(local("wikitext103", files, "arrow", *tiny, "training.max_steps=4", "eval.every=2"))
+    train(cfg, tmp_path / "run")
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert "val/loss" in rows[1] and not any(k.startswith("test/") for r in rows[:-1] for k in r)
+    assert rows[-1]["test/loss"] > 0 and rows[-1]["test/ppl"] > 1 and 0 <= rows[-1]["test/acc"] <= 1
+    assert rows[-1]["test/loss"] != rows[-1]["val/loss"]  # other text than val's
+    cfg = compose_train(local("wikitext103", files, "arrow", *tiny, "training.max_steps=2", "eval.test_iters=0"))
+    train(cfg, tmp_path / "run0")
+    assert "test/loss" not in read_metrics(tmp_path / "run0" / "metrics.jsonl")[-1]
 
 
 class CrashingSource(HubDataset):
@@ -103,18 +129,19 @@ class CrashingSource(HubDataset):
 
 
 def test_interrupted_prepare_continues_from_finished_shards(tmp_path, parquet_stories):
-    make = lambda crash_at=None: CrashingSource(
+    args = plugin_args(
+        "data",
         "tinystories",
-        "parquet",
+        path="parquet",
         data_files=parquet_stories,
         shard_docs=20,
         num_proc=1,
-        crash_at=crash_at,
         cache_dir=str(tmp_path / "hf"),
     )
+    make = lambda crash_at=None: CrashingSource(**args, crash_at=crash_at)
     tok_cfg = {"chars": None}
     with pytest.raises(KeyboardInterrupt):
-        prepare(make(crash_at=3), CharTokenizer(), tmp_path / "d", {"c": 1}, tok_cfg)
+        prepare(make(crash_at=3), CharTokenizer(None), tmp_path / "d", {"c": 1}, tok_cfg)
     path = next(p for p in (tmp_path / "d").iterdir() if p.is_dir())
     assert not (path / "meta.json").exists()  # never looks complete
     assert sorted(p.name for p in (path / "partial").glob("*.bin")) == [
@@ -125,51 +152,66 @@ def test_interrupted_prepare_continues_from_finished_shards(tmp_path, parquet_st
     with pytest.raises(FileNotFoundError):
         load_prepared(path)
     resumed_source = make()
-    resumed = prepare(resumed_source, CharTokenizer(), tmp_path / "d", {"c": 1}, tok_cfg)
+    resumed = prepare(resumed_source, CharTokenizer(None), tmp_path / "d", {"c": 1}, tok_cfg)
     assert resumed_source.calls == [("train", 3), ("train", 4), ("val", 0)]  # only the unfinished shards
-    fresh = prepare(make(), CharTokenizer(), tmp_path / "fresh", {"c": 1}, tok_cfg)
-    assert np.array_equal(resumed.train, fresh.train) and np.array_equal(resumed.val, fresh.val)
+    fresh = prepare(make(), CharTokenizer(None), tmp_path / "fresh", {"c": 1}, tok_cfg)
+    for split in ("train", "val"):
+        assert np.array_equal(resumed.splits[split][0], fresh.splits[split][0])
     assert resumed.meta["tokenizer_state"] == fresh.meta["tokenizer_state"]
 
 
 def test_interrupted_prepare_of_a_changed_source_restarts_cleanly(tmp_path, parquet_stories):
-    make = lambda files, crash_at=None: CrashingSource(
-        "tinystories",
-        "parquet",
-        data_files=files,
-        shard_docs=20,
-        num_proc=1,
-        crash_at=crash_at,
-        cache_dir=str(tmp_path / "hf"),
-    )
+    args = plugin_args("data", "tinystories", path="parquet", shard_docs=20, num_proc=1, cache_dir=str(tmp_path / "hf"))
+    make = lambda files, crash_at=None: CrashingSource(**{**args, "data_files": files}, crash_at=crash_at)
     with pytest.raises(KeyboardInterrupt):
         prepare(make(parquet_stories, crash_at=2), ByteTokenizer(), tmp_path / "d", {"c": 1}, {})
     datasets.Dataset.from_dict({"text": [s.upper() for s in STORIES[:100]]}).to_parquet(parquet_stories["train"])
     source = make(parquet_stories)
     data = prepare(source, ByteTokenizer(), tmp_path / "d", {"c": 1}, {})
     assert [c for c in source.calls if c[0] == "train"] == [("train", i) for i in range(5)]
-    assert ByteTokenizer().decode(data.train) == "".join(s.upper() + "\n\n" for s in STORIES[:100])
+    assert ByteTokenizer().decode(data.splits["train"][0]) == "".join(s.upper() + "\n\n" for s in STORIES[:100])
 
 
 def test_hub_source_errors_name_the_bad_value(tmp_path, parquet_stories):
-    with pytest.raises(ValueError, match="data.val_split=test is not a split"):
-        _ = HubDataset("x", "parquet", data_files=parquet_stories, val_split="test", cache_dir=str(tmp_path)).splits
-    with pytest.raises(ValueError, match="data.text_field=story is not a column"):
-        _ = HubDataset("x", "parquet", data_files=parquet_stories, text_field="story", cache_dir=str(tmp_path)).splits
+    args = plugin_args("data", "tinystories", path="parquet", data_files=parquet_stories, cache_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="data.val_split=test is not a split"):
+        _ = HubDataset(**{**args, "val_split": "test"}).splits
+    with pytest.raises(ConfigError, match="data.text_field=story is not a column"):
+        _ = HubDataset(**{**args, "text_field": "story"}).splits
+    with pytest.raises(ConfigError, match="data.test_split=test is not a split .*data.test_split=null"):
+        _ = HubDataset(**{**args, "test_split": "test"}).splits
 
 
-def test_offline_hub_data_set_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"])
+def test_offline_hub_data_set_is_one_paragraph(tmp_path, offline):
     proc = run_cli(
         "nanugpt.prepare",
         "data=tinystories",
         cwd=REPO,
         check=False,
-        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "NANUGPT_DATA": str(tmp_path / "d")},
+        env={offline: "1", "HF_HOME": str(tmp_path / "hf"), "NANUGPT_DATA": str(tmp_path / "d")},
     )
     assert proc.returncode != 0
     err = proc.stderr
-    assert "Could not load the data set 'roneneldan/TinyStories' for data=tinystories" in err
+    assert "Traceback" not in err and err.count("Could not load") == 1
+    assert "Error: Could not load the data set 'roneneldan/TinyStories' for data=tinystories" in err
     assert "HF_HUB_OFFLINE=1" in err and "data.data_files=" in err
+
+
+def test_unreachable_hub_fails_at_once_without_retries(tmp_path, monkeypatch):
+    """No network, no offline setting: one connection attempt, not the hub client's retries.
+    The endpoint is a closed local port, so this holds with or without a network."""
+    from datasets import config
+
+    monkeypatch.setattr(config, "HF_HUB_OFFLINE", False)
+    for proxy in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)  # behind a proxy the check is left to the hub client
+    monkeypatch.setattr(config, "HF_ENDPOINT", "http://127.0.0.1:9")
+    source = HubDataset(**plugin_args("data", "tinystories", cache_dir=str(tmp_path / "hf")))
+    with pytest.raises(
+        UnavailableInputError, match=r"the hub at http://127.0.0.1:9 cannot be reached .*HF_HUB_OFFLINE"
+    ):
+        _ = source.splits
 
 
 def test_training_on_a_hub_format_data_set(tmp_path, parquet_stories):
@@ -185,14 +227,15 @@ def test_training_on_a_hub_format_data_set(tmp_path, parquet_stories):
 def test_every_hub_config_prepares_local_files_of_its_layout(option, tmp_path):
     cfg = compose_train([f"data={option}"])
     splits = ["train"] + ([cfg.data.val_split] if cfg.data.val_split else [])  # train-only sets hold out val
+    splits += [cfg.data.test_split] if cfg.data.test_split else []
     files = {}
     for split in splits:
         datasets.Dataset.from_dict({cfg.data.text_field: STORIES}).to_parquet(tmp_path / f"{split}.parquet")
         files[split] = str(tmp_path / f"{split}.parquet")
     cfg = compose_train(local(option, files, "parquet", "data.val_fraction=0.05", "data.num_proc=1"))
     source = instantiate(cfg.data)
-    data = prepare(source, CharTokenizer(), tmp_path / "d", {"c": option}, {"chars": None})
-    text = CharTokenizer(data.meta["tokenizer_state"]["chars"]).decode(data.train)
+    data = prepare(source, CharTokenizer(None), tmp_path / "d", {"c": option}, {"chars": None})
+    text = CharTokenizer(data.meta["tokenizer_state"]["chars"]).decode(data.splits["train"][0])
     if cfg.data.val_split:
         assert text == "".join(s + cfg.data.text_separator for s in STORIES)
     else:  # data.val_fraction of the documents held out of train
@@ -230,7 +273,7 @@ def test_prepare_killed_mid_way_resumes_to_the_same_tokens(tmp_path):
     out = run_cli("nanugpt.prepare", *args, cwd=REPO, env={"NANUGPT_DATA": str(tmp_path / "d")}).stdout
     assert f"Resuming an interrupted prepare: {done_before} finished shard(s)" in out
     resumed = load_prepared(path)
-    assert ByteTokenizer().decode(resumed.train) == "".join(d + "\n\n" for d in docs)
+    assert ByteTokenizer().decode(resumed.splits["train"][0]) == "".join(d + "\n\n" for d in docs)
     assert not (path / "partial").exists()
 
 

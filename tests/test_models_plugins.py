@@ -5,33 +5,16 @@ import math
 import pytest
 import torch
 
-from nanugpt.models.gpt import GPT
-from nanugpt.models.gpt_modern import GPTModern
-from nanugpt.models.llama import Llama
 from nanugpt.models.rope import Rotary
 
-V, T = 50, 16
+from .conftest import TINY_MODEL, build_model, model_kwargs
+
+V, T = TINY_MODEL["vocab_size"], TINY_MODEL["context_length"]
 
 
-def tiny_llama(**kw) -> Llama:
-    torch.manual_seed(0)
-    return Llama(
-        **{
-            "vocab_size": V,
-            "context_length": T,
-            "n_layer": 2,
-            "n_head": 4,
-            "n_kv_head": 2,
-            "n_embd": 32,
-            "intermediate_size": 64,
-            **kw,
-        }
-    )
-
-
-def tiny_modern(**kw) -> GPTModern:
-    torch.manual_seed(0)
-    return GPTModern(**{"vocab_size": V, "context_length": T, "n_layer": 2, "n_head": 4, "n_embd": 32, **kw})
+# llama_tiny / gpt_modern at the tiny sizes: 2 layers, 4 heads (2 kv heads), width 32, SwiGLU 64
+tiny_llama = lambda **kw: build_model("llama_tiny", **kw)
+tiny_modern = lambda **kw: build_model("gpt_modern", **kw)
 
 
 def randomise(model: torch.nn.Module) -> torch.nn.Module:
@@ -44,45 +27,8 @@ def randomise(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def hf_models():
-    transformers = pytest.importorskip("transformers", reason="optional extra [hf] not installed")
-    from nanugpt.models.hf import hf_gpt2, hf_llama
-
-    return transformers, hf_gpt2, hf_llama
-
-
-MODELS = {
-    "gpt": lambda: GPT(vocab_size=V, context_length=T, n_layer=2, n_head=2, n_embd=16),
-    "llama": tiny_llama,
-    "llama_mha": lambda: tiny_llama(n_kv_head=None),
-    "gpt_modern": tiny_modern,
-    "hf_gpt2": lambda: hf_models()[1](vocab_size=V, context_length=T, n_layer=2, n_head=2, n_embd=16),
-    "hf_llama": lambda: hf_models()[2](
-        vocab_size=V, context_length=T, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, intermediate_size=64
-    ),
-}
-
-
-@pytest.mark.parametrize("name", MODELS)
-def test_changing_a_later_token_never_changes_an_earlier_logit(name):
-    model = randomise(MODELS[name]()).eval()
-    idx = torch.randint(0, V, (2, T))
-    changed = idx.clone()
-    changed[:, 10:] = (changed[:, 10:] + 7) % V
-    with torch.no_grad():
-        a, b = model.logits(model(idx)), model.logits(model(changed))
-    assert a.shape == (2, T, V)
-    assert torch.allclose(a[:, :10], b[:, :10], atol=1e-5)
-    assert not torch.allclose(a[:, 10:], b[:, 10:])
-    assert model.context_length == T and model.vocab_size == V
-    assert 0 < model.num_params(non_embedding=True) < model.num_params()
-    assert model.flops_per_token() > 6 * model.num_params(non_embedding=True)
-    with pytest.raises(ValueError, match=f"context_length={T}"):
-        model(torch.zeros(1, T + 1, dtype=torch.long))
-
-
 def test_rope_scores_depend_only_on_relative_position():
-    rotary = Rotary(head_dim=8, context_length=64)
+    rotary = Rotary(head_dim=8, context_length=64, theta=10000.0)
     q, k = torch.randn(8), torch.randn(8)
 
     def score(m: int, n: int) -> float:
@@ -129,67 +75,14 @@ def test_llama_attention_matches_a_hand_written_causal_softmax_attention():
         assert torch.allclose(attn(x), expected, atol=1e-5)
 
 
-def test_n_head_not_a_multiple_of_kv_heads_is_a_clear_error():
-    with pytest.raises(ValueError, match="n_head=4 must be a multiple of model.n_kv_head=3"):
-        tiny_llama(n_kv_head=3)
+# The published sizes: TinyLlama-1.1B (its model card / HF LlamaForCausalLM) and Llama-3.2-1B (tied head).
+PUBLISHED_LLAMAS = [("tinyllama_1b", 32000, 1_100_048_384), ("llama3_1b", 128256, 1_235_814_400)]
 
 
-def test_llama_head_is_untied_unless_asked():
-    assert tiny_llama().lm_head.weight is not tiny_llama().tok_embeddings.weight
-    tied = tiny_llama(tie_embeddings=True)
-    assert tied.lm_head.weight is tied.tok_embeddings.weight
-    assert tied.num_params() == tiny_llama().num_params() - V * 32
-
-
-@pytest.mark.parametrize(
-    "config,expected",
-    [
-        # TinyLlama-1.1B (its model card / HF LlamaForCausalLM): 1,100,048,384
-        (
-            dict(
-                vocab_size=32000,
-                context_length=2048,
-                n_layer=22,
-                n_head=32,
-                n_kv_head=4,
-                n_embd=2048,
-                intermediate_size=5632,
-            ),
-            1_100_048_384,
-        ),
-        # Llama-3.2-1B (tied head): 1,235,814,400
-        (
-            dict(
-                vocab_size=128256,
-                context_length=2048,
-                n_layer=16,
-                n_head=32,
-                n_kv_head=8,
-                n_embd=2048,
-                intermediate_size=8192,
-                rope_theta=500000.0,
-                tie_embeddings=True,
-            ),
-            1_235_814_400,
-        ),
-    ],
-)
-def test_llama_parameter_counts_match_the_published_models(config, expected):
+@pytest.mark.parametrize("name,vocab,expected", PUBLISHED_LLAMAS)
+def test_llama_configs_give_the_published_counts(name, vocab, expected):
     with torch.device("meta"):  # no 4 GB allocation
-        assert Llama(**config).num_params() == expected
-
-
-def test_llama_configs_give_the_published_counts():
-    from omegaconf import OmegaConf
-
-    from nanugpt.utils import CONF_DIR
-
-    for name, vocab, expected in [("tinyllama_1b", 32000, 1_100_048_384), ("llama3_1b", 128256, 1_235_814_400)]:
-        cfg = OmegaConf.load(f"{CONF_DIR}/model/{name}.yaml")
-        cfg.vocab_size = vocab
-        kwargs = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "_target_"}
-        with torch.device("meta"):
-            assert Llama(**kwargs).num_params() == expected, name
+        assert build_model(name, tiny=False, vocab_size=vocab).num_params() == expected
 
 
 def test_gpt_modern_starts_uniform_and_soft_caps_its_logits():
@@ -234,27 +127,21 @@ def test_gpt_modern_mlp_is_relu_squared():
 # ---- transformers-built models (optional extra [hf]; skipped without it)
 
 
-def test_hf_models_match_the_plain_torch_parameter_counts():
-    _, hf_gpt2, hf_llama = hf_models()
+def test_hf_models_at_the_plain_configs_sizes_give_the_published_counts():
+    _, gpt2 = model_kwargs("gpt2_124m", tiny=False, vocab_size=50257)
+    _, tinyllama = model_kwargs("tinyllama_1b", tiny=False, vocab_size=32000)
     with torch.device("meta"):
-        assert hf_gpt2(vocab_size=50257).num_params() == 124_439_808  # same as model=gpt2_124m
-        assert hf_llama(vocab_size=32000, n_kv_head=4).num_params() == 1_100_048_384  # TinyLlama-1.1B
+        hf_gpt2 = build_model(
+            "hf_gpt2", tiny=False, **{k: v for k, v in gpt2.items() if k not in ("bias", "vocab_multiple")}
+        )
+        assert hf_gpt2.num_params() == 124_439_808  # GPT-2 small
+        assert build_model("hf_llama", tiny=False, **tinyllama).num_params() == 1_100_048_384
 
 
 def test_plain_llama_computes_what_transformers_llama_computes():
     """Same weights, same logits: our RMSNorm / RoPE / GQA / SwiGLU agree with LlamaForCausalLM."""
-    _, _, hf_llama = hf_models()
     ours = tiny_llama(rope_theta=500000.0).eval()
-    theirs = hf_llama(
-        vocab_size=V,
-        context_length=T,
-        n_layer=2,
-        n_head=4,
-        n_kv_head=2,
-        n_embd=32,
-        intermediate_size=64,
-        rope_theta=500000.0,
-    ).eval()
+    theirs = build_model("hf_llama", rope_theta=500000.0).eval()
     names = {
         "tok_embeddings": "model.embed_tokens",
         "attn_norm": "input_layernorm",
@@ -284,4 +171,4 @@ def test_hf_models_without_transformers_name_the_extra(monkeypatch):
 
     monkeypatch.setitem(__import__("sys").modules, "transformers", None)  # as if not installed
     with pytest.raises(ImportError, match=r'pip install -e "\.\[hf\]"'):
-        hf_gpt2(vocab_size=V)
+        hf_gpt2(**model_kwargs("hf_gpt2")[1])

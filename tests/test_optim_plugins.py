@@ -1,26 +1,37 @@
-"""adamw_nanogpt, muon (+ AdamW), sgd: parameter grouping, checkpoint round-trips, state size."""
+"""adamw (and adamw_nanogpt, its other config), muon (+ AdamW), sgd: parameter grouping,
+weight decay on all parameters when asked, Muon's momentum warmup (also through the training loop
+and a resume), checkpoint round-trips, state size. Optimizers are built from their configs, as in
+training."""
 
 import io
+from pathlib import Path
 
 import pytest
 import torch
 
-from nanugpt.models.gpt import GPT
-from nanugpt.models.gpt_modern import GPTModern
-from nanugpt.models.llama import Llama
+from nanugpt.checkpoint import load_checkpoint
+from nanugpt.errors import CheckpointError, ConfigError
 from nanugpt.optim import state_bytes
-from nanugpt.optim.adamw import adamw
-from nanugpt.optim.adamw_nanogpt import adamw_nanogpt
-from nanugpt.optim.muon import Muon, MuonWithAdamW, muon, muon_param_groups, newton_schulz
-from nanugpt.optim.sgd import sgd
-from nanugpt.sched.cosine import cosine
+from nanugpt.optim.muon import Muon, MuonWithAdamW, muon_param_groups, newton_schulz
+from nanugpt.train import train
+
+from .conftest import TINY, build_model, compose_train, plugin
 
 V = 40
 
 
-def llama() -> Llama:
-    torch.manual_seed(0)
-    return Llama(vocab_size=V, context_length=8, n_layer=2, n_head=2, n_kv_head=1, n_embd=16, intermediate_size=32)
+def optim(option: str, *overrides: str):
+    return plugin("optim", f"optim={option}", *overrides)
+
+
+def cosine(*overrides: str):
+    return plugin("sched", "sched=cosine", *overrides)
+
+
+def llama() -> torch.nn.Module:
+    return build_model(
+        "llama_tiny", vocab_size=V, context_length=8, n_head=2, n_kv_head=1, n_embd=16, intermediate_size=32
+    )
 
 
 def train_steps(model, optimizer, steps: int, seed: int = 0) -> None:
@@ -55,7 +66,7 @@ def test_muon_groups_hidden_matrices_apart_from_embeddings_head_and_norms():
 
 
 def test_muon_treats_a_tied_head_as_the_embedding_once():
-    model = GPT(vocab_size=V, context_length=8, n_layer=1, n_head=2, n_embd=16)
+    model = build_model("gpt_tiny", vocab_size=V, context_length=8, n_layer=1, n_head=2, n_embd=16)
     groups = muon_param_groups(model)
     assert names(model, groups["embed"]) == {"transformer.wpe.weight", "transformer.wte.weight"}  # wte is lm_head
     assert groups["head"] == [] and all(p.dim() == 2 for p in groups["hidden"])
@@ -64,7 +75,14 @@ def test_muon_treats_a_tied_head_as_the_embedding_once():
 
 def test_muon_optimizer_has_one_group_per_kind_with_its_own_lr_and_trains():
     model = llama()
-    opt = muon(model, lr=0.02, embed_lr=0.3, head_lr=0.004, scalar_lr=0.05, adamw_weight_decay=0.1)
+    opt = optim(
+        "muon",
+        "optim.lr=0.02",
+        "optim.embed_lr=0.3",
+        "optim.head_lr=0.004",
+        "optim.scalar_lr=0.05",
+        "optim.adamw_weight_decay=0.1",
+    )(model)
     assert [(g["name"], g["lr"]) for g in opt.param_groups] == [
         ("hidden", 0.02),
         ("embed", 0.3),
@@ -80,8 +98,8 @@ def test_muon_optimizer_has_one_group_per_kind_with_its_own_lr_and_trains():
 
 def test_a_scheduler_on_the_muon_wrapper_scales_every_inner_group():
     model = llama()
-    opt = muon(model, lr=0.02, embed_lr=0.01, head_lr=0.01, scalar_lr=0.01)
-    sched = cosine(opt, max_steps=10, warmup_steps=4, min_lr_ratio=0.1)
+    opt = optim("muon", "optim.lr=0.02", "optim.embed_lr=0.01", "optim.head_lr=0.01", "optim.scalar_lr=0.01")(model)
+    sched = cosine("training.max_steps=10", "sched.warmup_steps=4")(opt)
     train_steps(model, opt, 1)
     sched.step()
     assert opt.muon.param_groups[0]["lr"] == pytest.approx(0.02 * 2 / 4)
@@ -97,8 +115,9 @@ def save_load(obj):
 
 def test_muon_state_dict_round_trips_through_a_checkpoint_and_resumes_identically():
     model_a = llama()
-    opt_a = muon(model_a)
-    sched_a = cosine(opt_a, max_steps=20, warmup_steps=2)
+    make_opt, make_sched = optim("muon"), cosine("training.max_steps=20", "sched.warmup_steps=2")
+    opt_a = make_opt(model_a)
+    sched_a = make_sched(opt_a)
     train_steps(model_a, opt_a, 3)
     sched_a.step()
     ckpt = save_load(
@@ -108,8 +127,8 @@ def test_muon_state_dict_round_trips_through_a_checkpoint_and_resumes_identicall
     assert ckpt["optimizer"]["muon"]["state"]  # momentum buffers were saved
 
     model_b = llama()
-    opt_b = muon(model_b)
-    sched_b = cosine(opt_b, max_steps=20, warmup_steps=2)
+    opt_b = make_opt(model_b)
+    sched_b = make_sched(opt_b)
     model_b.load_state_dict(ckpt["model"])
     opt_b.load_state_dict(ckpt["optimizer"])
     sched_b.load_state_dict(ckpt["scheduler"])
@@ -123,17 +142,35 @@ def test_muon_state_dict_round_trips_through_a_checkpoint_and_resumes_identicall
     assert opt_b.param_groups[0] is opt_b.muon.param_groups[0]  # still linked after loading
 
 
-def test_muon_in_bf16_is_torchs_muon_bit_for_bit_and_cpu_defaults_to_float32():
+@pytest.mark.parametrize("adjust_lr_fn,nesterov", [("original", True), ("match_rms_adamw", False)])
+def test_muon_in_bf16_is_torchs_muon_bit_for_bit(adjust_lr_fn, nesterov):
+    """Our step (public API only) against torch.optim.Muon's: square, wide and tall matrices
+    (adjust_lr_fn scales by their shape), and one matrix without a gradient, which both skip."""
     models = [llama() for _ in range(2)]
     hidden = [muon_param_groups(m)["hidden"] for m in models]
-    kw = dict(lr=0.05, momentum=0.9, weight_decay=0.1, adjust_lr_fn="original")
+    assert {p.shape[0] > p.shape[1] for p in hidden[0]} == {True, False}
+    kw = dict(lr=0.05, momentum=0.9, weight_decay=0.1, nesterov=nesterov, adjust_lr_fn=adjust_lr_fn)
     reference = torch.optim.Muon(hidden[0], **kw)
     ours_bf16 = Muon(hidden[1], ns_dtype=torch.bfloat16, **kw)
-    for model, opt in zip(models, (reference, ours_bf16), strict=False):
-        train_steps(model, opt, 3)
+    before = hidden[0][0].detach().clone()
+    for model, params, opt in zip(models, hidden, (reference, ours_bf16), strict=False):
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            idx = torch.randint(0, V, (2, 8), generator=gen)
+            logits = model.logits(model(idx)).reshape(-1, V)
+            torch.nn.functional.cross_entropy(logits, idx.roll(-1, 1).reshape(-1)).backward()
+            params[0].grad = None  # as a frozen or unused weight
+            opt.step()
+            opt.zero_grad(set_to_none=True)
     for a, b in zip(*hidden, strict=False):
         assert torch.equal(a, b)  # the same update as torch's, step for step
+    assert torch.equal(hidden[1][0], before)  # no gradient: not even decayed
     assert ours_bf16.state_dict()["state"].keys() == reference.state_dict()["state"].keys()
+    fresh = muon_param_groups(llama())["hidden"]
+    assert not any(torch.equal(p, q) for p, q in zip(hidden[1][1:], fresh[1:], strict=True))  # the rest moved
+
+
+def test_muon_newton_schulz_in_float32_and_cpu_defaults_to_it():
     # float32: the same orthogonalisation, rounded less (singular values in NS's ~(0.7, 1.2) band)
     g = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
     bf16, fp32 = (
@@ -142,29 +179,132 @@ def test_muon_in_bf16_is_torchs_muon_bit_for_bit_and_cpu_defaults_to_float32():
     assert 0 < (bf16 - fp32).norm() / fp32.norm() < 0.05
     sv = torch.linalg.svdvals(fp32)
     assert 0.6 < sv.min() and sv.max() < 1.25
-    assert muon(llama()).muon.ns_dtype == torch.float32  # CPU params: bf16 matmuls may be emulated there
-    with pytest.raises(ValueError, match="ns_dtype=fp8"):
-        muon(llama(), ns_dtype="fp8")
+    assert optim("muon")(llama()).muon.ns_dtype == torch.float32  # CPU params: bf16 matmuls may be emulated there
 
 
 def test_loading_another_optimizers_state_into_muon_names_the_fix():
     model = llama()
-    with pytest.raises(ValueError, match="resume=never"):
-        muon(model).load_state_dict(adamw(model).state_dict())
+    with pytest.raises(CheckpointError, match="resume=never"):
+        optim("muon")(model).load_state_dict(optim("adamw")(model).state_dict())
 
 
-def test_adamw_nanogpt_decays_matrices_only_and_picks_the_multi_tensor_path_on_cpu():
+def modded_nanogpt_momentum(step: int, warmup_steps: int, start: float = 0.85, end: float = 0.95) -> float:
+    """modded-nanogpt train_gpt.py (records from 2024-11-08 on), for optimizer step `step` (0-based):
+    frac = min(step / 300, 1); momentum = (1 - frac) * 0.85 + frac * 0.95."""
+    frac = min(step / warmup_steps, 1)
+    return (1 - frac) * start + frac * end
+
+
+def test_muon_momentum_warmup_ramps_the_hidden_group_and_is_off_by_default():
     model = llama()
-    opt = adamw_nanogpt(model, weight_decay=0.1)
+    opt = optim("muon", "optim.momentum_warmup_steps=3", "optim.momentum_start=0.5", "optim.momentum=0.9")(model)
+    hidden = opt.muon.param_groups[0]
+    seen = [hidden["momentum"]]  # before the first step: the first step's momentum
+    for _ in range(5):
+        train_steps(model, opt, 1)
+        seen.append(hidden["momentum"])  # the momentum the step just taken used
+    assert seen == [modded_nanogpt_momentum(k, 3, 0.5, 0.9) for k in (0, 0, 1, 2, 3, 4)]
+    assert {opt.muon.state[p]["step"] for p in hidden["params"]} == {5}
+    plain_model = llama()
+    plain = optim("muon", "optim.momentum=0.9")(plain_model)  # momentum_warmup_steps: 0 in muon.yaml
+    train_steps(plain_model, plain, 2)
+    assert plain.muon.param_groups[0]["momentum"] == 0.9
+    with pytest.raises(
+        ConfigError, match=r"optim.momentum_warmup_steps=-1 is out of range: it must be an integer >= 0"
+    ):
+        optim("muon", "optim.momentum_warmup_steps=-1")(model)
+    with pytest.raises(
+        ConfigError, match=r"optim.momentum_start=1.0 is out of range: it must be a number >= 0 and < 1"
+    ):
+        optim("muon", "optim.momentum_start=1.0")(model)
+
+
+def test_muon_momentum_warmup_through_the_training_loop_and_a_resume(tmp_path, monkeypatch):
+    """The hidden group's momentum at each step of a real run follows modded-nanogpt's ramp, and a
+    run stopped at step 3 and resumed continues it (and its weights) exactly. Muon.step is wrapped
+    to record the momentum each step used; the real step runs."""
+    used: list[float] = []
+    real_step = Muon.step
+
+    def recording_step(self, closure=None):
+        loss = real_step(self, closure)
+        used.append(self.param_groups[0]["momentum"])
+        return loss
+
+    monkeypatch.setattr(Muon, "step", recording_step)
+    run = [
+        *TINY,
+        "data.max_bytes=60000",
+        "optim=muon",
+        "optim.momentum_warmup_steps=4",
+        "sched=constant",  # its lr does not depend on training.max_steps, which the resume raises
+        "sched.warmup_steps=0",
+        "eval.every=3",
+    ]
+    train(compose_train([*run, "training.max_steps=6"]), tmp_path / "whole")
+    whole = list(used)
+    assert whole == [modded_nanogpt_momentum(k, 4) for k in range(6)]
+    used.clear()
+    train(compose_train([*run, "training.max_steps=3"]), tmp_path / "resumed")
+    train(compose_train([*run, "training.max_steps=6"]), tmp_path / "resumed")
+    assert used == whole
+
+    def last(run_dir: Path) -> dict:
+        return load_checkpoint(run_dir / "checkpoints" / "last.pt")
+
+    a, b = last(tmp_path / "whole"), last(tmp_path / "resumed")
+    assert b["step"] == 6 and {s["step"] for s in b["optimizer"]["muon"]["state"].values()} == {6}
+    assert b["optimizer"]["muon"]["param_groups"][0]["momentum"] == modded_nanogpt_momentum(5, 4)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+@pytest.mark.parametrize("option", ["adamw", "adamw_nanogpt", "sgd"])
+def test_decay_all_decays_norms_and_biases_too(option):
+    """One AdamW step with zero gradients moves a parameter only by weight decay: p *= 1 - lr wd."""
+    lr, wd = 0.1, 0.5
+    for decay_all in (False, True):
+        model = build_model("gpt_tiny", vocab_size=V, context_length=8, n_layer=1, n_head=2, n_embd=16)
+        opt = optim(option, f"optim.lr={lr}", f"optim.weight_decay={wd}", f"optim.decay_all={decay_all}")(model)
+        assert [g["weight_decay"] for g in opt.param_groups] == [wd, wd if decay_all else 0.0]
+        if option == "sgd":
+            continue
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        for n, p in model.named_parameters():
+            decayed = decay_all or p.dim() >= 2
+            assert torch.allclose(p, before[n] * (1 - lr * wd) if decayed else before[n]), (n, decay_all)
+        assert {n for n, p in model.named_parameters() if p.dim() < 2} >= {"transformer.ln_f.weight"}
+    with pytest.raises(ConfigError, match="optim.decay_all='yes' is a str: it must be true or false"):
+        optim(option, "optim.decay_all=yes")(model)
+
+
+def test_muon_decay_all_decays_norm_gains_with_adamws_weight_decay():
+    for decay_all, scalar_decay in ((False, 0.0), (True, 0.2)):
+        opt = optim("muon", "optim.adamw_weight_decay=0.2", f"optim.decay_all={decay_all}")(llama())
+        assert {g["name"]: g["weight_decay"] for g in opt.adamw.param_groups} == {
+            "embed": 0.2,
+            "head": 0.2,
+            "scalar": scalar_decay,
+        }
+
+
+@pytest.mark.parametrize("option", ["adamw", "adamw_nanogpt"])
+def test_adamw_decays_matrices_only_and_picks_the_multi_tensor_path_on_cpu(option):
+    model = llama()
+    opt = optim(option, "optim.weight_decay=0.3")(model)
+    assert isinstance(opt, torch.optim.AdamW)
     decayed, plain = opt.param_groups
-    assert decayed["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decayed["params"])
+    assert decayed["weight_decay"] == 0.3 and all(p.dim() == 2 for p in decayed["params"])
     assert plain["weight_decay"] == 0.0 and all(p.dim() == 1 for p in plain["params"])
     assert opt.defaults["foreach"] is True and not opt.defaults["fused"]
+    assert optim(option, "optim.fused=true")(model).defaults["fused"] is True  # torch's CPU kernel, when asked
 
 
 def test_sgd_momentum_trains_and_decays_matrices_only():
     model = llama()
-    opt = sgd(model, lr=0.1, momentum=0.9, weight_decay=0.01)
+    opt = optim("sgd", "optim.lr=0.1", "optim.momentum=0.9", "optim.weight_decay=0.01")(model)
     assert opt.defaults["nesterov"] and [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
     before = model.lm_head.weight.detach().clone()
     train_steps(model, opt, 2)
@@ -172,18 +312,18 @@ def test_sgd_momentum_trains_and_decays_matrices_only():
 
 
 def test_optimizer_state_size_counts_moments_and_momentum_buffers():
-    model = GPTModern(vocab_size=V, context_length=8, n_layer=2, n_head=2, n_embd=16)
+    model = build_model("gpt_modern", vocab_size=V, context_length=8, n_head=2, n_embd=16)
     n_params = sum(p.numel() for p in model.parameters())
     hidden = sum(p.numel() for p in muon_param_groups(model)["hidden"])
-    for make, expected in [
-        (lambda m: adamw(m), 2 * n_params * 4),  # exp_avg + exp_avg_sq, float32
-        (lambda m: sgd(m), n_params * 4),  # momentum buffer
-        (lambda m: muon(m), hidden * 4 + 2 * (n_params - hidden) * 4),  # Muon: momentum; AdamW: 2 moments
+    for option, expected in [
+        ("adamw", 2 * n_params * 4),  # exp_avg + exp_avg_sq, float32
+        ("sgd", n_params * 4),  # momentum buffer
+        ("muon", hidden * 4 + 2 * (n_params - hidden) * 4),  # Muon: momentum; AdamW: 2 moments
     ]:
-        opt = make(model)
+        opt = optim(option)(model)
         assert state_bytes(opt) == 0  # created lazily on the first step
         train_steps(model, opt, 1)
         step_counters = 8 * len([1 for p in model.parameters()])  # AdamW's per-parameter `step` scalars (float32)
         got = state_bytes(opt)
         assert expected <= got <= expected + step_counters, (type(opt).__name__, got, expected)
-    assert isinstance(muon(model), MuonWithAdamW)
+    assert isinstance(optim("muon")(model), MuonWithAdamW)

@@ -14,9 +14,8 @@ from nanugpt.generate import build_from_checkpoint
 from nanugpt.metrics import read_metrics
 from nanugpt.sampling import generate
 from nanugpt.train import train
-from nanugpt.utils import CONF_DIR
 
-from .conftest import TINY, compose_train
+from .conftest import TINY, compose_train, options
 
 GROUPS = ["model", "optim", "sched", "scaler"]
 # Arguments some options need at the tiny size (TINY has 2 heads, width 32).
@@ -41,10 +40,6 @@ def corpus(tmp_path_factory) -> Path:
             break
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])

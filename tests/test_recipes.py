@@ -306,6 +306,8 @@ SOURCES = {
         eps=1e-8,
         optim_extra={
             "momentum": 0.95,
+            "momentum_warmup_steps": 300,  # muon_momentum_warmup: 0.85 -> 0.95, as modded-nanogpt
+            "momentum_start": 0.85,
             "nesterov": True,
             "ns_steps": 5,
             "adjust_lr_fn": "original",
@@ -386,6 +388,7 @@ SOURCES = {
         eps=1e-8,
         optim_extra={
             "momentum": 0.95,
+            "momentum_warmup_steps": 0,  # constant momentum: the warmup came with record 2024-11-08
             "nesterov": True,
             "ns_steps": 5,
             "adjust_lr_fn": "original",
@@ -490,7 +493,9 @@ def ours(cfg: DictConfig, src: Source) -> dict[str, Any]:
     model = build_on_meta(m, src.params_vocab)
     embeddings = [mod.weight for mod in model.modules() if isinstance(mod, nn.Embedding)]
     muon = short_name(o._target_) == "muon"
-    schedule = short_name(s._target_)
+    # the one warmup-stable-decay schedule, named as the sources name theirs
+    frac = s.get("decay_fraction")
+    schedule = s.decay_shape if frac is None else ("constant" if frac == 0 else f"wsd-{s.decay_shape}")
     per_device = t.device_batch_size * src.gpus
     return {
         "corpus": (cfg.data.path, cfg.data.hub_config)
@@ -521,9 +526,9 @@ def ours(cfg: DictConfig, src: Source) -> dict[str, Any]:
         else ("none" if t.grad_clip == 0 else "global"),
         "grad_clip": t.grad_clip,
         "scaler_eps": cfg.scaler.get("eps"),
-        "schedule": f"wsd-{s.decay_shape}" if schedule == "wsd" else schedule,
+        "schedule": schedule,
         "warmup": s.warmup_steps,
-        "decay_steps": round(s.decay_fraction * t.max_steps) if schedule == "wsd" else None,
+        "decay_steps": round(frac * t.max_steps) if schedule.startswith("wsd") else None,
         "end_lr": o.lr * s.min_lr_ratio,
         "eval_every": cfg.eval.every,
         "eval_windows": cfg.eval.iters * t.device_batch_size,

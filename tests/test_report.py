@@ -9,7 +9,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from nanugpt.metrics import read_metrics
+from nanugpt.metrics import ema, read_metrics
 from nanugpt.report import write_report
 
 from .conftest import REPO, TINY, run_cli
@@ -117,3 +117,16 @@ def test_accuracy_threshold_columns(tmp_path):
 def test_report_on_a_dir_without_runs_says_what_it_expects(tmp_path):
     proc = run_cli("nanugpt.report", str(tmp_path), cwd=REPO, check=False)
     assert proc.returncode != 0 and "holds no run" in proc.stderr and "multirun/<date>/<time>" in proc.stderr
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 0.9])
+def test_ema_is_the_bias_corrected_weighted_mean_of_what_came_before(beta):
+    """The one smoother (report --smooth, the lr range test): at step n, the mean of values
+    1..n weighted beta^(n-i), so a flat curve stays flat from its first point on."""
+    values = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0]
+    weighted = [
+        sum(beta ** (n - i) * v for i, v in enumerate(values[: n + 1])) / sum(beta ** (n - i) for i in range(n + 1))
+        for n in range(len(values))
+    ]
+    assert ema(values, beta) == pytest.approx(weighted, rel=1e-12)
+    assert ema([2.5] * 20, beta) == pytest.approx([2.5] * 20, rel=1e-12)

@@ -5,17 +5,19 @@ import pytest
 import torch
 
 from nanugpt.checkpoint import load_checkpoint, read_log
+from nanugpt.data.contract import BatchSpec
+from nanugpt.errors import NonFiniteLossError
 from nanugpt.generate import build_from_checkpoint
 from nanugpt.metrics import read_metrics
-from nanugpt.train import grad_accum_steps, train
+from nanugpt.train import train
 
 from .conftest import REPO, TINY, compose_train, run_cli
 
 
 def test_grad_accum_steps_divides_or_explains():
-    assert grad_accum_steps(32, 8, 2) == 2
+    assert BatchSpec(16, 32, 8, rank=1, world_size=2).grad_accum_steps == 2
     with pytest.raises(ValueError, match=r"global_batch_size=30 .*device_batch_size=8 x world_size=2"):
-        grad_accum_steps(30, 8, 2)
+        BatchSpec(16, 30, 8, world_size=2)
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +43,10 @@ def test_short_training_run_lowers_the_loss(trained_run):
 def test_checkpoints_and_log_agree(trained_run):
     ckpt_dir = trained_run / "checkpoints"
     log = read_log(ckpt_dir)
-    assert [e["step"] for e in log if e["path"] == "last.pt"] == [20, 40, 60]
-    for entry in log:
-        assert (ckpt_dir / entry["path"]).is_file()
+    # one entry per file that exists: last.pt's and best.pt's replaced at each save, not appended
+    assert sorted(e["path"] for e in log) == sorted(p.name for p in ckpt_dir.glob("*.pt"))
+    assert [e["step"] for e in log if e["path"] == "last.pt"] == [60]
+    assert [e["path"] for e in log].count("best.pt") == 1
     best = min(e["val_loss"] for e in log)
     assert load_checkpoint(ckpt_dir / "best.pt")["best_val_loss"] == pytest.approx(best)
     ckpt = load_checkpoint(ckpt_dir / "last.pt")
@@ -106,3 +109,47 @@ def test_indivisible_batch_is_a_clear_cli_error(tmp_path):
     )
     assert proc.returncode != 0
     assert "training.global_batch_size=12 is not divisible" in proc.stderr
+
+
+# ---- debug=default / anomaly / overfit: each composes and runs, and does what it is for
+
+# An lr that makes the second step's loss NaN, so that backward produces NaN.
+DIVERGE = ["optim.lr=1e30", "sched=constant"]
+
+
+@pytest.fixture
+def anomaly_mode_off_afterwards():
+    yield
+    torch.autograd.set_detect_anomaly(False)  # train() sets it for the process; leave none behind
+
+
+def test_debug_default_is_a_few_steps_with_a_tiny_eval_and_no_wandb(tmp_path):
+    preset = compose_train(["debug=default"])
+    assert preset.logging.wandb.mode == "disabled" and preset.eval.iters == 2 and preset.logging.every == 1
+    cfg = compose_train(["debug=default", *TINY])  # the command line still wins over the preset
+    train(cfg, tmp_path)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, cfg.training.max_steps + 1))
+    assert [r["step"] for r in rows if "val/loss" in r] == [5, 10]
+    assert not (tmp_path / "wandb_run_id").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Error detected in:UserWarning")  # anomaly mode's own report of the op
+def test_debug_anomaly_names_the_backward_op_that_made_a_nan(tmp_path, anomaly_mode_off_afterwards):
+    with pytest.raises(NonFiniteLossError):  # without it: the run stops at the NaN loss, op unknown
+        train(compose_train(["debug=default", *TINY, *DIVERGE]), tmp_path / "plain")
+    with pytest.raises(RuntimeError, match=r"Function '\w+Backward\d*' returned nan values"):
+        train(compose_train(["debug=anomaly", *TINY, *DIVERGE]), tmp_path / "anomaly")
+
+
+def test_debug_overfit_memorises_one_batch(tmp_path):
+    cfg = compose_train(["debug=overfit", *TINY])
+    assert cfg.training.overfit_batches == 1
+    train(cfg, tmp_path / "overfit")
+    overfit = read_metrics(tmp_path / "overfit" / "metrics.jsonl")
+    # The same steps on fresh batches, for comparison: one batch is learnt far faster than the corpus.
+    steps = cfg.training.max_steps
+    train(compose_train([*TINY, f"training.max_steps={steps}", f"eval.every={steps}"]), tmp_path / "fresh")
+    fresh = read_metrics(tmp_path / "fresh" / "metrics.jsonl")
+    assert overfit[-1]["train/loss"] < 0.5 * fresh[-1]["train/loss"]
+    assert overfit[-1]["train/loss"] < overfit[-1]["val/loss"] - 1.0  # memorised, not learnt

@@ -14,33 +14,39 @@ from typing import Any
 import numpy as np
 import torch
 
-from nanugpt.data.examples import ExampleData, build_example_data, encode_examples, split_indices
+from nanugpt.data.examples import ExampleSource, encode_examples, split_indices
+from nanugpt.errors import check_value
 from nanugpt.tokenizers.base import Tokenizer
 
 ANSWER_DIGITS = {"+": lambda n: n + 1, "*": lambda n: 2 * n}
 
 
-class ArithmeticStrings:
+class ArithmeticStrings(ExampleSource):
     name = "arithmetic"
 
     def __init__(
         self,
-        op: str = "+",
-        n_digits: int = 3,
-        num_examples: int = 20000,
-        train_fraction: float = 0.9,
-        reverse_answer: bool = True,
-        seed: int = 0,
+        op: str,
+        n_digits: int,
+        num_examples: int,
+        train_fraction: float,
+        reverse_answer: bool,
+        seed: int,
     ) -> None:
-        if op not in ANSWER_DIGITS:
-            raise ValueError(f"data.op={op!r} is not one of '+', '*' (e.g. data.op=+).")
-        if not 1 <= n_digits <= 9:
-            raise ValueError(f"data.n_digits={n_digits} must be between 1 and 9.")
-        if not 2 <= num_examples <= 10 ** (2 * n_digits):
-            raise ValueError(
-                f"data.num_examples={num_examples} must be between 2 and the {10 ** (2 * n_digits):,} distinct "
-                f"pairs of {n_digits}-digit numbers; lower it or raise data.n_digits."
-            )
+        check_value("data.op", op, str, choices=tuple(ANSWER_DIGITS), fix="E.g. data.op=+ (quote * in a shell).")
+        check_value("data.n_digits", n_digits, int, ge=1, le=9)
+        check_value(
+            "data.num_examples",
+            num_examples,
+            int,
+            ge=2,
+            le=10 ** (2 * n_digits),
+            fix=f"There are {10 ** (2 * n_digits):,} distinct pairs of {n_digits}-digit numbers; lower it or raise "
+            "data.n_digits.",
+        )
+        check_value("data.train_fraction", train_fraction, float, gt=0, lt=1, fix="E.g. data.train_fraction=0.9.")
+        check_value("data.reverse_answer", reverse_answer, bool)
+        check_value("data.seed", seed, int, ge=0)
         self.op, self.n_digits, self.num_examples = op, n_digits, num_examples
         self.train_fraction, self.reverse_answer, self.seed = train_fraction, reverse_answer, seed
 
@@ -68,33 +74,10 @@ class ArithmeticStrings:
         train, val = split_indices(len(inputs), self.train_fraction, self.seed)
         return {"train": (inputs[train], targets[train]), "val": (inputs[val], targets[val])}
 
-    def batches(
-        self,
-        tokenizer: Tokenizer,
-        global_batch_size: int,
-        device_batch_size: int,
-        rank: int,
-        world_size: int,
-        seed: int,
-        device: torch.device,
-    ) -> ExampleData:
-        splits = self.examples(tokenizer)
-        meta: dict[str, Any] = {
-            "source": self.name,
+    def meta(self) -> dict[str, Any]:
+        return {
             "op": self.op,
             "n_digits": self.n_digits,
             "reverse_answer": self.reverse_answer,
             "split_seed": self.seed,
         }
-        return build_example_data(
-            splits["train"],
-            splits["val"],
-            tokenizer,
-            meta,
-            global_batch_size,
-            device_batch_size,
-            rank,
-            world_size,
-            seed,
-            device,
-        )

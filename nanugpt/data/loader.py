@@ -1,85 +1,118 @@
-"""Batches of random windows from a flat token array.
+"""Batches of random windows from a token-stream split held as one or more shards.
 
-Each optimizer step draws the whole *global* batch's window offsets from one seeded generator,
+Every window of `context_length + 1` tokens that fits inside one shard gets a number, shard
+after shard, so a split of many shard files is one range `0..num_windows-1` (a window never
+crosses a shard boundary). Drawing a number uniformly draws a shard with probability
+proportional to its windows, then an offset in it; with one shard it is the plain offset.
+
+Each optimizer step draws the whole *global* batch's window numbers from one seeded generator,
 identical on every rank, and each rank keeps its own slice. So 1 process and N processes see the
 same global batch at every step, and the generator state is an exact resume position.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 
+from nanugpt.data.contract import Batch, BatchSpec, TrainBatches
 from nanugpt.errors import ConfigError
 
-
-def gather_windows(tokens: np.ndarray, offsets: torch.Tensor, context_length: int, pin: bool) -> torch.Tensor:
-    """(B, context_length + 1) int64 rows of `tokens` starting at `offsets`, on the host (pinned
-    for an asynchronous copy to a GPU when `pin`)."""
-    rows = torch.from_numpy(np.stack([tokens[i : i + context_length + 1] for i in offsets.tolist()]).astype(np.int64))
-    return rows.pin_memory() if pin else rows
+log = logging.getLogger(__name__)
 
 
-def to_device(rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+class TokenWindows:
+    """The numbered windows of one split's shards, gathered as (B, context_length + 1) rows.
+
+    `vocab_size`, when given, is checked on every gathered row (cheap: a max over the batch), so
+    a corrupt file or shards written with another vocab stop the run with the file's name instead
+    of an index error deep in the embedding (a device-side assert on a GPU).
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[np.ndarray],
+        context_length: int,
+        split: str = "train",
+        vocab_size: int | None = None,
+        repair_hint: str = "",
+    ) -> None:
+        self.shards, self.context_length, self.split = list(shards), context_length, split
+        self.vocab_size, self.repair_hint = vocab_size, repair_hint
+        # A shard of n tokens gives n - context_length - 1 window starts: the count the loader has
+        # always drawn from, so a single shard draws exactly the windows it drew before shards.
+        per_shard = np.array([max(0, len(s) - context_length - 1) for s in self.shards], dtype=np.int64)
+        self.ends = np.cumsum(per_shard)
+        self.starts = self.ends - per_shard
+        self.num_windows = int(self.ends[-1]) if len(self.ends) else 0
+        if self.num_windows == 0:
+            longest = max((len(s) for s in self.shards), default=0)
+            raise ConfigError(
+                f"The {split} split has {sum(len(s) for s in self.shards):,} tokens"
+                + (f" in {len(self.shards)} shards, the longest {longest:,}" if len(self.shards) > 1 else "")
+                + f", fewer than one context window of {context_length} + 1: use more text, a smaller "
+                "model.context_length, or a different data.val_fraction."
+            )
+
+    def locate(self, index: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(shard, offset) of each window number."""
+        index = index.numpy()
+        shard = np.searchsorted(self.ends, index, side="right")
+        return shard, index - self.starts[shard]
+
+    def gather(self, index: torch.Tensor, pin: bool = False) -> torch.Tensor:
+        """(B, context_length + 1) int64 rows of the windows numbered `index`, on the host (pinned
+        for an asynchronous copy to a GPU when `pin`)."""
+        span = self.context_length + 1
+        shard, offset = self.locate(index)
+        rows = np.stack([self.shards[s][o : o + span] for s, o in zip(shard.tolist(), offset.tolist(), strict=True)])
+        rows = rows.astype(np.int64)
+        if self.vocab_size is not None and rows.size and int(rows.max()) >= self.vocab_size:
+            self._bad_token(rows, shard, offset)
+        tensor = torch.from_numpy(rows)
+        return tensor.pin_memory() if pin else tensor
+
+    def _bad_token(self, rows: np.ndarray, shard: np.ndarray, offset: np.ndarray) -> None:
+        row, col = np.argwhere(rows >= self.vocab_size)[0]
+        source = self.shards[shard[row]]
+        name = getattr(source, "filename", None) or f"shard {shard[row]} of the {self.split} split"
+        raise ConfigError(
+            f"{name} holds token id {int(rows[row, col])} (at token {int(offset[row] + col):,}), outside the vocab "
+            f"of {self.vocab_size}. {self.repair_hint}".strip()
+        )
+
+
+def to_device(rows: torch.Tensor, device: torch.device) -> Batch:
     xy = rows.to(device, non_blocking=True)  # asynchronous from pinned memory
     return xy[:, :-1], xy[:, 1:]
 
 
-def windows_to_batch(
-    tokens: np.ndarray, offsets: torch.Tensor, context_length: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return to_device(gather_windows(tokens, offsets, context_length, device.type == "cuda"), device)
-
-
-def check_enough_tokens(tokens: np.ndarray, context_length: int, split: str) -> None:
-    if len(tokens) < context_length + 2:
-        raise ConfigError(
-            f"The {split} split has {len(tokens):,} tokens, fewer than one context window of "
-            f"{context_length} + 1: use more text, a smaller model.context_length, or a different "
-            "data.val_fraction."
-        )
-
-
 class RandomWindowBatches:
-    def __init__(
-        self,
-        tokens: np.ndarray,
-        context_length: int,
-        global_batch_size: int,
-        device_batch_size: int,
-        rank: int,
-        world_size: int,
-        seed: int,
-        device: torch.device,
-        prefetch: bool | None = None,
-    ) -> None:
-        check_enough_tokens(tokens, context_length, "train")
-        self.tokens = tokens
-        self.context_length = context_length
-        self.device_batch_size = device_batch_size
-        self.global_batch_size = global_batch_size
-        self.rank, self.world_size = rank, world_size
-        self.grad_accum_steps = global_batch_size // (device_batch_size * world_size)
-        self.device = device
-        self.generator = torch.Generator().manual_seed(seed)
+    """The train batches of a token stream (`contract.TrainBatches`)."""
+
+    def __init__(self, windows: TokenWindows, spec: BatchSpec, prefetch: bool | None = None) -> None:
+        self.windows, self.spec = windows, spec
+        self.pin = spec.device.type == "cuda"
+        self.generator = torch.Generator().manual_seed(spec.seed)
         # On a GPU the next step's windows are gathered into pinned memory by a worker thread
         # while this step computes, so the GPU never waits on the host (default: on for CUDA).
-        self.prefetch = device.type == "cuda" if prefetch is None else prefetch
+        self.prefetch = spec.device.type == "cuda" if prefetch is None else prefetch
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="nanugpt-prefetch") if self.prefetch else None
         self._pending: Future | None = None
         self._resume_state = self.generator.get_state()
 
     def _gather_next(self) -> list[torch.Tensor]:
-        offsets = torch.randint(
-            len(self.tokens) - self.context_length - 1, (self.global_batch_size,), generator=self.generator
-        )
-        mine = offsets.view(self.grad_accum_steps, self.world_size, self.device_batch_size)[:, self.rank]
-        return [gather_windows(self.tokens, o, self.context_length, self.device.type == "cuda") for o in mine]
+        spec = self.spec
+        index = torch.randint(self.windows.num_windows, (spec.global_batch_size,), generator=self.generator)
+        mine = index.view(spec.grad_accum_steps, spec.world_size, spec.device_batch_size)[:, spec.rank]
+        return [self.windows.gather(i, self.pin) for i in mine]
 
-    def next_step(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def next_step(self) -> list[Batch]:
         """This rank's micro-batches for one optimizer step."""
         if self._pool is None:
             host = self._gather_next()
@@ -89,31 +122,37 @@ class RandomWindowBatches:
             # Resume position: after this step's draw, before the prefetched one's.
             self._resume_state = self.generator.get_state()
             self._pending = self._pool.submit(self._gather_next)
-        return [to_device(rows, self.device) for rows in host]
+        return [to_device(rows, self.spec.device) for rows in host]
 
     def state_dict(self) -> dict[str, Any]:
         state = self._resume_state if self._resume_state is not None else self.generator.get_state()
-        return {"generator": state}
+        return {"generator": state, "num_windows": self.windows.num_windows}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self._pending is not None:
             self._pending.result()  # let the worker finish with the generator before resetting it
             self._pending = None
+        saved = state.get("num_windows")  # absent in checkpoints from before multi-shard data
+        if saved is not None and saved != self.windows.num_windows:
+            log.warning(
+                "The train split has %s windows, the checkpoint's had %s: the data changed since it was saved, so "
+                "the resumed batches differ from those of an uninterrupted run.",
+                f"{self.windows.num_windows:,}",
+                f"{saved:,}",
+            )
         self.generator.set_state(state["generator"])
         self._resume_state = self.generator.get_state()
 
 
 class RepeatedBatches:
-    """debug=overfit (`training.overfit_batches=n`): the first n steps' batches over and over.
+    """debug=overfit (`training.overfit_batches=n`): any train batch source's first n steps, over
+    and over. The cycle is drawn again from the seed on resume, so the state is the position in it."""
 
-    The cache is rebuilt from the seed on resume, so the state is just the position in the cycle.
-    """
-
-    def __init__(self, batches: Any, num_steps: int) -> None:
+    def __init__(self, batches: TrainBatches, num_steps: int) -> None:
         self.cycle = [batches.next_step() for _ in range(num_steps)]
         self.position = 0
 
-    def next_step(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def next_step(self) -> list[Batch]:
         step = self.cycle[self.position % len(self.cycle)]
         self.position += 1
         return step
@@ -125,19 +164,12 @@ class RepeatedBatches:
         self.position = int(state["position"])
 
 
-def fixed_eval_batches(
-    tokens: np.ndarray,
-    context_length: int,
-    batch_size: int,
-    num_batches: int,
-    rank: int,
-    world_size: int,
-    device: torch.device,
-    seed: int = 1234,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The same `num_batches` val batches at every eval, whatever the world size; rank r takes
-    every world_size-th one, and the caller sums loss over ranks."""
-    check_enough_tokens(tokens, context_length, "val")
+def fixed_eval_batches(windows: TokenWindows, spec: BatchSpec, num_batches: int, seed: int = 1234) -> list[Batch]:
+    """The same `num_batches` eval batches of `device_batch_size` at every eval, whatever the world
+    size; rank r takes every world_size-th one, and the caller sums loss over ranks."""
     generator = torch.Generator().manual_seed(seed)
-    offsets = torch.randint(len(tokens) - context_length - 1, (num_batches, batch_size), generator=generator)
-    return [windows_to_batch(tokens, o, context_length, device) for o in offsets[rank::world_size]]
+    index = torch.randint(windows.num_windows, (num_batches, spec.device_batch_size), generator=generator)
+    return [
+        to_device(windows.gather(i, spec.device.type == "cuda"), spec.device)
+        for i in index[spec.rank :: spec.world_size]
+    ]

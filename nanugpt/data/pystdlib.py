@@ -10,6 +10,7 @@ import sysconfig
 from pathlib import Path
 
 from nanugpt.data.source import TextSource
+from nanugpt.errors import check_value
 
 SKIPPED_DIRS = frozenset({"test", "site-packages", "__pycache__"})
 
@@ -22,8 +23,9 @@ def stdlib_files(root: Path | None = None) -> list[Path]:
 class PyStdlibCorpus(TextSource):
     name = "pystdlib"
 
-    def __init__(self, val_fraction: float = 0.05, max_bytes: int | None = None) -> None:
+    def __init__(self, val_fraction: float, max_bytes: int | None) -> None:
         super().__init__(val_fraction)
+        check_value("data.max_bytes", max_bytes, int, ge=1, null="the whole corpus")
         self.max_bytes = max_bytes
 
     def read_text(self) -> str:

@@ -8,7 +8,7 @@ import urllib.request
 from pathlib import Path
 
 from nanugpt.data.source import TextSource
-from nanugpt.errors import ConfigError, MissingInputError, UnavailableInputError
+from nanugpt.errors import ConfigError, MissingInputError, UnavailableInputError, check_value
 from nanugpt.utils import atomic_write_bytes
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -25,15 +25,25 @@ class TinyShakespeare(TextSource):
     def __init__(
         self,
         cache_dir: str,
-        local_path: str | None = None,
+        local_path: str | None,
+        val_fraction: float,
         url: str = URL,
         sha256: str = SHA256,
-        val_fraction: float = 0.1,
         timeout_s: float = 30.0,
     ) -> None:
         super().__init__(val_fraction)
+        check_value(
+            "data.cache_dir", cache_dir, str, fix="The download is kept there, e.g. data.cache_dir=data/downloads."
+        )
+        check_value("data.local_path", local_path, str, null="download it", fix="E.g. data.local_path=input.txt.")
+        check_value("data.timeout_s", timeout_s, float, gt=0)
         self.cache_path = Path(cache_dir).expanduser() / "tinyshakespeare.txt"
         self.local_path = Path(local_path).expanduser() if local_path else None
+        if self.local_path is not None and not self.local_path.is_file():
+            raise MissingInputError(
+                f"data.local_path={self.local_path} does not exist; pass the path of a local "
+                "tinyshakespeare.txt, or drop data.local_path to download it."
+            )
         self.url, self.sha256, self.timeout_s = url, sha256, timeout_s
 
     def _checked(self, data: bytes, origin: str) -> bytes:
@@ -62,11 +72,6 @@ class TinyShakespeare(TextSource):
 
     def read_text(self) -> str:
         if self.local_path is not None:
-            if not self.local_path.is_file():
-                raise MissingInputError(
-                    f"data.local_path={self.local_path} does not exist; pass the path of a local "
-                    "tinyshakespeare.txt, or drop data.local_path to download it."
-                )
             data = self._checked(self.local_path.read_bytes(), f"data.local_path={self.local_path}")
         elif self.cache_path.is_file():
             data = self._checked(self.cache_path.read_bytes(), f"the cached copy {self.cache_path}")

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from nanugpt.errors import ConfigError
+from nanugpt.errors import check_value
 from nanugpt.tokenizers.base import Tokenizer
 
 TEXT_PIECE_CHARS = 1 << 20
@@ -22,6 +22,7 @@ TEXT_PIECE_CHARS = 1 << 20
 
 class TokenSource(Protocol):
     name: str
+    split_names: tuple[str, ...]  # ("train", "val"), plus "test" where the corpus has one
 
     def fingerprint(self) -> str:
         """Identifies the content, so a changed corpus is never served from a stale cache."""
@@ -47,13 +48,17 @@ class TextSource:
     """
 
     name = "text"
+    split_names = ("train", "val")
 
-    def __init__(self, val_fraction: float = 0.1) -> None:
-        if not 0.0 < val_fraction < 1.0:
-            raise ConfigError(
-                f"data.val_fraction={val_fraction} must lie strictly between 0 and 1 "
-                "(e.g. data.val_fraction=0.1 holds out the last 10% for validation)."
-            )
+    def __init__(self, val_fraction: float) -> None:
+        check_value(
+            "data.val_fraction",
+            val_fraction,
+            float,
+            gt=0,
+            lt=1,
+            fix="E.g. data.val_fraction=0.1 holds out the last 10% for validation.",
+        )
         self.val_fraction = val_fraction
 
     def read_text(self) -> str:

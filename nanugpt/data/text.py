@@ -5,18 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from nanugpt.data.source import TextSource
-from nanugpt.errors import ConfigError, MissingInputError
+from nanugpt.errors import MissingInputError, check_value
 
 
 class TextFiles(TextSource):
     name = "text"
 
-    def __init__(self, path: str | None, val_fraction: float = 0.1, glob: str = "**/*") -> None:
+    def __init__(self, path: str, val_fraction: float, glob: str) -> None:
         super().__init__(val_fraction)
-        if not path:
-            raise ConfigError("data=text needs a path: pass data.path=/path/to/file.txt or data.path=/path/to/dir.")
+        check_value("data.path", path, str, fix="Pass data.path=/path/to/file.txt or data.path=/path/to/dir.")
+        check_value("data.glob", glob, str, fix="E.g. data.glob='**/*.txt' (files under data.path, when a directory).")
         self.path = Path(path).expanduser()
         self.glob = glob
+        self.files()  # a missing path or an empty directory fails now, not once preparing starts
 
     def files(self) -> list[Path]:
         if self.path.is_file():

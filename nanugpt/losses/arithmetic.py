@@ -5,13 +5,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nanugpt.losses import check_ignore_index
+
 
 class AnswerLoss:
     """Mean cross-entropy over the targets that are not `ignore_index` (the data masks the
     prompt with it). `correct` counts rows whose every answer token is right and `count` the
     rows, so val/acc is exact-match accuracy: 1 - 1 wrong digit in 1000 is not 99.9% right."""
 
-    def __init__(self, ignore_index: int = -100) -> None:
+    def __init__(self, ignore_index: int) -> None:
+        check_ignore_index(ignore_index)
         self.ignore_index = ignore_index
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nanugpt.losses import check_ignore_index
+
 
 class AutoregressiveLoss:
     """Mean cross-entropy over every target that is not `ignore_index`.
@@ -14,7 +16,8 @@ class AutoregressiveLoss:
     when it is summed over micro-batches and ranks.
     """
 
-    def __init__(self, ignore_index: int = -100) -> None:
+    def __init__(self, ignore_index: int) -> None:
+        check_ignore_index(ignore_index)
         self.ignore_index = ignore_index
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

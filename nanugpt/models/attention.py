@@ -1,9 +1,7 @@
-"""Causal attention with an optional KV cache, shared by the Llama and modern-GPT models.
+"""Causal attention with an optional KV cache, shared by the plain-torch models.
 
-One decode API for every model (gpt, llama, gpt_modern; hf wraps transformers' own cache):
-`cache = model.new_kv_cache(batch_size)`, then `model(idx, kv_cache=cache, start_pos=...)` for the
-prefill and for each new token, and `model.logits(hidden)`; nanugpt.sampling.generate uses only
-these. `KVCache` holds keys/values per layer, written at `start_pos`.
+`KVCache` holds keys/values per layer, written at `start_pos`; the decode API that drives it is
+documented in nanugpt/models/base.py.
 """
 
 from __future__ import annotations

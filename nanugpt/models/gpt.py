@@ -2,19 +2,8 @@
 
 Token + learned position embeddings, pre-LayerNorm blocks, causal self-attention through
 F.scaled_dot_product_attention (flash/efficient kernels where the device has them), GELU MLP,
-and an output head tied to the token embedding.
-
-Decode API (shared by every model, see nanugpt/models/attention.py; all that
-`nanugpt.sampling.generate` needs):
-
-    cache = model.new_kv_cache(batch_size)            # empty KVCache, one slot per layer
-    h = model(idx, kv_cache=cache, start_pos=0)       # prefill: (B, T) prompt, fills cache[0:T]
-    h = model(next_ids, kv_cache=cache, start_pos=T)  # decode: (B, 1), attends to cache[0:T+1]
-    logits = model.logits(h[:, -1])
-
-`start_pos` is the absolute position of idx[:, 0]; tokens at positions >= start_pos in the cache
-are overwritten, so `start_pos=0` re-prefills. Without a cache, `model(idx)` is the plain
-training forward. `model.context_length` bounds start_pos + T (learned positions).
+and an output head tied to the token embedding. The decode API (KV cache) is the one of every
+model, see nanugpt/models/base.py.
 
 `vocab_multiple` pads the embedding/head to a multiple of 64 (or 128) rows for faster GPU
 matmuls; `logits()` slices the padding off, so it is never sampled and the loss is unchanged.
@@ -22,24 +11,18 @@ matmuls; `logits()` slices the padding off, so it is never sampled and the loss 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 
-from nanugpt.errors import ConfigError
+from nanugpt.errors import check_value
 from nanugpt.models.attention import KVCache, causal_attention
+from nanugpt.models.base import CausalLMBase, init_gpt2_weights, require_dropout, require_size
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, bias: bool, dropout: float, layer_idx: int = 0) -> None:
+    def __init__(self, n_embd: int, n_head: int, bias: bool, dropout: float, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx  # which slot of a KVCache is ours
-        if n_embd % n_head != 0:
-            raise ConfigError(
-                f"model.n_embd={n_embd} is not divisible by model.n_head={n_head}; pick a head count that divides it "
-                f"(e.g. model.n_head={next(h for h in range(n_head, 0, -1) if n_embd % h == 0)})."
-            )
         self.n_head = n_head
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
@@ -71,7 +54,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, bias: bool, dropout: float, layer_idx: int = 0) -> None:
+    def __init__(self, n_embd: int, n_head: int, bias: bool, dropout: float, layer_idx: int) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
         self.attn = CausalSelfAttention(n_embd, n_head, bias, dropout, layer_idx)
@@ -83,27 +66,23 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class GPT(nn.Module):
+class GPT(CausalLMBase):
     def __init__(
         self,
         vocab_size: int,
-        context_length: int = 256,
-        n_layer: int = 4,
-        n_head: int = 4,
-        n_embd: int = 128,
-        dropout: float = 0.0,
-        bias: bool = True,
-        vocab_multiple: int = 1,
+        context_length: int,
+        n_layer: int,
+        n_head: int,
+        n_embd: int,
+        dropout: float,
+        bias: bool,
+        vocab_multiple: int,
     ) -> None:
-        super().__init__()
-        if vocab_multiple < 1:
-            raise ValueError(
-                f"model.vocab_multiple={vocab_multiple} must be >= 1 (1 = no padding; 64 or 128 for GPUs)."
-            )
-        self.vocab_size = vocab_size
+        super().__init__(vocab_size, context_length, n_layer, n_head, n_head, n_embd)
+        require_dropout(dropout)
+        check_value("model.bias", bias, bool, fix="GPT-2 has biases (true); false is a little faster.")
+        require_size("vocab_multiple", vocab_multiple, "Use 1 for no padding, 64 or 128 for GPU matmuls.")
         padded_vocab = -(-vocab_size // vocab_multiple) * vocab_multiple
-        self.context_length = context_length
-        self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(padded_vocab, n_embd),
@@ -115,48 +94,15 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(n_embd, padded_vocab, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        init_gpt2_weights(self, ("c_proj.weight",), n_layer)
 
-        self.apply(self._init_weights)
-        # GPT-2: scale residual projections by 1/sqrt(2 * n_layer) so the residual stream's
-        # variance does not grow with depth.
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-
-    def num_params(self, non_embedding: bool = False) -> int:
-        """Parameters, counting the tied head once; `non_embedding` drops position embeddings."""
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
-
-    def flops_per_token(self) -> int:
-        """Training FLOPs per token: 6N for the matmuls plus the attention term (PaLM, app. B)."""
-        return 6 * self.num_params(non_embedding=True) + 12 * self.n_layer * self.n_embd * self.context_length
-
-    def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
-        weight = self.lm_head.weight
-        head_dim = self.n_embd // self.n_head
-        return KVCache(
-            self.n_layer, batch_size, self.n_head, self.context_length, head_dim, weight.device, dtype or weight.dtype
-        )
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.transformer.h
 
     def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
-        """Token ids (B, T) at positions start_pos.. -> final hidden states (B, T, n_embd);
-        the head lives in `logits`. With `kv_cache`, keys/values are stored and reused."""
-        B, T = idx.shape
-        if start_pos + T > self.context_length:
-            raise ValueError(
-                f"Positions up to {start_pos + T} exceed the model's context_length={self.context_length}; "
-                "pass shorter inputs or raise model.context_length."
-            )
+        T = idx.size(1)
+        self.check_positions(start_pos, T)
         pos = torch.arange(start_pos, start_pos + T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:

@@ -17,7 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanugpt.errors import check_value
 from nanugpt.models.attention import KVCache, causal_attention
+from nanugpt.models.base import CausalLMBase, require_rope
 from nanugpt.models.rope import Rotary
 
 
@@ -26,11 +28,9 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, rotary: Rotary, layer_idx: int = 0) -> None:
+    def __init__(self, n_embd: int, n_head: int, rotary: Rotary, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx  # which slot of a KVCache is ours
-        if n_embd % n_head != 0:
-            raise ValueError(f"model.n_embd={n_embd} must be divisible by model.n_head={n_head}.")
         self.n_head, self.head_dim = n_head, n_embd // n_head
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=False)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=False)
@@ -55,7 +55,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, rotary: Rotary, layer_idx: int = 0) -> None:
+    def __init__(self, n_embd: int, n_head: int, rotary: Rotary, layer_idx: int) -> None:
         super().__init__()
         self.attn = Attention(n_embd, n_head, rotary, layer_idx)
         self.mlp = MLP(n_embd)
@@ -65,23 +65,28 @@ class Block(nn.Module):
         return x + self.mlp(rms_norm(x))
 
 
-class GPTModern(nn.Module):
+class GPTModern(CausalLMBase):
     def __init__(
         self,
         vocab_size: int,
-        context_length: int = 256,
-        n_layer: int = 4,
-        n_head: int = 4,
-        n_embd: int = 128,
-        rope_theta: float = 10000.0,
-        logit_softcap: float = 30.0,
+        context_length: int,
+        n_layer: int,
+        n_head: int,
+        n_embd: int,
+        rope_theta: float,
+        logit_softcap: float,
     ) -> None:
-        super().__init__()
-        self.vocab_size = vocab_size
-        self.context_length = context_length
-        self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd
+        super().__init__(vocab_size, context_length, n_layer, n_head, n_head, n_embd)
+        require_rope(n_embd, n_head, rope_theta)
+        check_value(
+            "model.logit_softcap",
+            logit_softcap,
+            float,
+            ge=0,
+            fix="Use 0 to switch the cap off, or the speedrun's 30.0.",
+        )
         self.logit_softcap = logit_softcap
-        self.rotary = Rotary(n_embd // n_head, context_length, rope_theta)
+        self.rotary = Rotary(self.head_dim, context_length, rope_theta)
         self.wte = nn.Embedding(vocab_size, n_embd)
         self.blocks = nn.ModuleList([Block(n_embd, n_head, self.rotary, i) for i in range(n_layer)])
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
@@ -93,35 +98,8 @@ class GPTModern(nn.Module):
             elif name == "wte.weight":
                 nn.init.normal_(p, mean=0.0, std=1.0)  # rms-normed right after the lookup
 
-    def num_params(self, non_embedding: bool = False) -> int:
-        """Parameters; `non_embedding` drops the token embedding but keeps the (untied) head."""
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.wte.weight.numel() if non_embedding else n
-
-    def flops_per_token(self) -> int:
-        """Training FLOPs per token: 6N for the matmuls plus the attention term (PaLM, app. B)."""
-        return 6 * self.num_params(non_embedding=True) + 12 * self.n_layer * self.n_embd * self.context_length
-
-    def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
-        weight = self.lm_head.weight
-        return KVCache(
-            self.n_layer,
-            batch_size,
-            self.n_head,
-            self.context_length,
-            self.n_embd // self.n_head,
-            weight.device,
-            dtype or weight.dtype,
-        )
-
     def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
-        """Token ids (B, T) at positions start_pos.. -> final hidden states (B, T, n_embd); the
-        head lives in `logits`. With `kv_cache`, keys/values are stored and reused."""
-        if start_pos + idx.size(1) > self.context_length:
-            raise ValueError(
-                f"Positions up to {start_pos + idx.size(1)} exceed the model's context_length={self.context_length}; "
-                "pass shorter inputs or raise model.context_length."
-            )
+        self.check_positions(start_pos, idx.size(1))
         x = rms_norm(self.wte(idx))
         for block in self.blocks:
             x = block(x, kv_cache, start_pos)

@@ -1,17 +1,21 @@
 """Models built from `transformers` config classes, randomly initialised (no hub download).
 
-Needs the optional extra: `pip install -e ".[hf]"`. The wrapper gives a Hugging Face causal LM
-the interface nanugpt's loop expects: `forward(idx) -> hidden (B, T, C)`, `logits(hidden)`,
-`context_length`, `vocab_size`, `num_params()`, `flops_per_token()`.
+Needs the optional extra: `pip install -e ".[hf]"`. `HFCausalLM` gives a Hugging Face causal LM
+the contract of every nanugpt model (nanugpt/models/base.py); its `blocks` are transformers' own
+decoder layers, and its KV cache wraps transformers' DynamicCache.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn as nn
+
+from nanugpt.models.base import CausalLMBase, require_dropout
+from nanugpt.models.llama import require_llama
 
 
 def _transformers() -> Any:
@@ -33,41 +37,39 @@ class HFKVCache:
         self.cache: Any = None
 
 
-class HFCausalLM(nn.Module):
-    def __init__(self, hf_model: nn.Module, context_length: int, vocab_size: int, n_layer: int, n_embd: int) -> None:
-        super().__init__()
-        self.hf = hf_model
-        self.context_length, self.vocab_size = context_length, vocab_size
-        self.n_layer, self.n_embd = n_layer, n_embd
+class HFCausalLM(CausalLMBase):
+    def __init__(
+        self,
+        build: Callable[[], nn.Module],
+        block_list: str,
+        vocab_size: int,
+        context_length: int,
+        n_layer: int,
+        n_head: int,
+        n_kv_head: int,
+        n_embd: int,
+    ) -> None:
+        """`build()` checks the model's own config values and makes the transformers model; it runs
+        once the shared sizes are validated. `block_list` names the base model's list of decoder
+        layers (GPT-2: `h`, Llama: `layers`)."""
+        super().__init__(vocab_size, context_length, n_layer, n_head, n_kv_head, n_embd)
+        self.hf = build()
+        self.block_list = block_list
         # transformers 5.x renamed `past_key_values` to `cache`
         self._cache_kwarg = (
-            "cache" if "cache" in inspect.signature(hf_model.base_model.forward).parameters else "past_key_values"
+            "cache" if "cache" in inspect.signature(self.hf.base_model.forward).parameters else "past_key_values"
         )
 
-    def num_params(self, non_embedding: bool = False) -> int:
-        """Parameters (tied weights counted once); `non_embedding` drops token and position embeddings."""
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= sum(m.weight.numel() for m in self.hf.modules() if isinstance(m, nn.Embedding))
-        return n
-
-    def flops_per_token(self) -> int:
-        head = self.hf.get_output_embeddings().weight.numel()
-        tied = self.hf.get_output_embeddings().weight is self.hf.get_input_embeddings().weight
-        n = self.num_params(non_embedding=True) + (head if tied else 0)
-        return 6 * n + 12 * self.n_layer * self.n_embd * self.context_length
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return getattr(self.hf.base_model, self.block_list)
 
     def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> HFKVCache:
         return HFKVCache()
 
     def forward(self, idx: torch.Tensor, kv_cache: Any = None, start_pos: int = 0) -> torch.Tensor:
-        """Token ids (B, T) at positions start_pos.. -> final hidden states (B, T, n_embd)."""
         T = idx.size(1)
-        if start_pos + T > self.context_length:
-            raise ValueError(
-                f"Positions up to {start_pos + T} exceed the model's context_length={self.context_length}; "
-                "pass shorter inputs or raise model.context_length."
-            )
+        self.check_positions(start_pos, T)
         cache = None
         if kv_cache is not None:
             if start_pos == 0 or kv_cache.cache is None:  # a prefill (re)starts the cache
@@ -85,57 +87,62 @@ class HFCausalLM(nn.Module):
         return self.hf.get_output_embeddings()(hidden)
 
 
-def hf_gpt2(
-    vocab_size: int,
-    context_length: int = 1024,
-    n_layer: int = 12,
-    n_head: int = 12,
-    n_embd: int = 768,
-    dropout: float = 0.0,
-) -> HFCausalLM:
+def hf_gpt2(vocab_size: int, context_length: int, n_layer: int, n_head: int, n_embd: int, dropout: float) -> HFCausalLM:
     """transformers' GPT2LMHeadModel (tied head, learned positions, GELU MLP)."""
     t = _transformers()
-    config = t.GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=context_length,
-        n_layer=n_layer,
-        n_head=n_head,
-        n_embd=n_embd,
-        resid_pdrop=dropout,
-        embd_pdrop=dropout,
-        attn_pdrop=dropout,
-        attn_implementation="sdpa",
-        bos_token_id=None,
-        eos_token_id=None,  # GPT-2's 50256 may lie outside a smaller vocab
-    )
-    return HFCausalLM(t.GPT2LMHeadModel(config), context_length, vocab_size, n_layer, n_embd)
+
+    def build() -> nn.Module:
+        require_dropout(dropout)
+        return t.GPT2LMHeadModel(
+            t.GPT2Config(
+                vocab_size=vocab_size,
+                n_positions=context_length,
+                n_layer=n_layer,
+                n_head=n_head,
+                n_embd=n_embd,
+                resid_pdrop=dropout,
+                embd_pdrop=dropout,
+                attn_pdrop=dropout,
+                attn_implementation="sdpa",
+                bos_token_id=None,
+                eos_token_id=None,  # GPT-2's 50256 may lie outside a smaller vocab
+            )
+        )
+
+    return HFCausalLM(build, "h", vocab_size, context_length, n_layer, n_head, n_head, n_embd)
 
 
 def hf_llama(
     vocab_size: int,
-    context_length: int = 2048,
-    n_layer: int = 22,
-    n_head: int = 32,
-    n_kv_head: int | None = None,
-    n_embd: int = 2048,
-    intermediate_size: int = 5632,
-    rope_theta: float = 10000.0,
-    norm_eps: float = 1e-5,
-    tie_embeddings: bool = False,
+    context_length: int,
+    n_layer: int,
+    n_head: int,
+    n_kv_head: int,
+    n_embd: int,
+    intermediate_size: int,
+    rope_theta: float,
+    norm_eps: float,
+    tie_embeddings: bool,
 ) -> HFCausalLM:
     """transformers' LlamaForCausalLM (RMSNorm, RoPE, SwiGLU, grouped-query attention)."""
     t = _transformers()
-    config = t.LlamaConfig(
-        vocab_size=vocab_size,
-        max_position_embeddings=context_length,
-        num_hidden_layers=n_layer,
-        num_attention_heads=n_head,
-        num_key_value_heads=n_kv_head or n_head,
-        hidden_size=n_embd,
-        intermediate_size=intermediate_size,
-        rope_theta=rope_theta,
-        rms_norm_eps=norm_eps,
-        tie_word_embeddings=tie_embeddings,
-        attn_implementation="sdpa",
-    )
-    return HFCausalLM(t.LlamaForCausalLM(config), context_length, vocab_size, n_layer, n_embd)
+
+    def build() -> nn.Module:
+        require_llama(n_embd, n_head, intermediate_size, rope_theta, norm_eps, tie_embeddings)
+        return t.LlamaForCausalLM(
+            t.LlamaConfig(
+                vocab_size=vocab_size,
+                max_position_embeddings=context_length,
+                num_hidden_layers=n_layer,
+                num_attention_heads=n_head,
+                num_key_value_heads=n_kv_head,
+                hidden_size=n_embd,
+                intermediate_size=intermediate_size,
+                rope_theta=rope_theta,
+                rms_norm_eps=norm_eps,
+                tie_word_embeddings=tie_embeddings,
+                attn_implementation="sdpa",
+            )
+        )
+
+    return HFCausalLM(build, "layers", vocab_size, context_length, n_layer, n_head, n_kv_head, n_embd)

@@ -8,33 +8,20 @@ untied from the embedding unless `tie_embeddings=true`.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanugpt.errors import check_value
 from nanugpt.models.attention import KVCache, causal_attention
+from nanugpt.models.base import CausalLMBase, init_gpt2_weights, require_rope, require_size
 from nanugpt.models.rope import Rotary
 
 
-def llama_mlp_hidden(n_embd: int, multiple_of: int = 256) -> int:
-    """Llama's SwiGLU width: 2/3 of 4 x n_embd (same parameters as a 4x GELU MLP), rounded up."""
-    hidden = int(2 * 4 * n_embd / 3)
-    return multiple_of * math.ceil(hidden / multiple_of)
-
-
 class Attention(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, n_kv_head: int, rotary: Rotary, layer_idx: int = 0) -> None:
+    def __init__(self, n_embd: int, n_head: int, n_kv_head: int, rotary: Rotary, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx  # which slot of a KVCache is ours
-        if n_embd % n_head != 0:
-            raise ValueError(f"model.n_embd={n_embd} must be divisible by model.n_head={n_head}.")
-        if n_head % n_kv_head != 0:
-            raise ValueError(
-                f"model.n_head={n_head} must be a multiple of model.n_kv_head={n_kv_head} (each key/value "
-                "head serves a whole group of query heads); pick n_kv_head among the divisors of n_head."
-            )
         self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, n_embd // n_head
         self.wq = nn.Linear(n_embd, n_head * self.head_dim, bias=False)
         self.wk = nn.Linear(n_embd, n_kv_head * self.head_dim, bias=False)
@@ -65,7 +52,7 @@ class SwiGLU(nn.Module):
 
 class Block(nn.Module):
     def __init__(
-        self, n_embd: int, n_head: int, n_kv_head: int, hidden: int, norm_eps: float, rotary: Rotary, layer_idx: int = 0
+        self, n_embd: int, n_head: int, n_kv_head: int, hidden: int, norm_eps: float, rotary: Rotary, layer_idx: int
     ) -> None:
         super().__init__()
         self.attn_norm = nn.RMSNorm(n_embd, eps=norm_eps)
@@ -78,80 +65,40 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
-class Llama(nn.Module):
+class Llama(CausalLMBase):
     def __init__(
         self,
         vocab_size: int,
-        context_length: int = 256,
-        n_layer: int = 4,
-        n_head: int = 4,
-        n_kv_head: int | None = None,
-        n_embd: int = 128,
-        intermediate_size: int | None = None,
-        rope_theta: float = 10000.0,
-        norm_eps: float = 1e-5,
-        tie_embeddings: bool = False,
+        context_length: int,
+        n_layer: int,
+        n_head: int,
+        n_kv_head: int,
+        n_embd: int,
+        intermediate_size: int,
+        rope_theta: float,
+        norm_eps: float,
+        tie_embeddings: bool,
     ) -> None:
-        super().__init__()
-        self.vocab_size = vocab_size
-        self.context_length = context_length
-        self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd
-        self.n_kv_head = n_kv_head or n_head
-        hidden = intermediate_size or llama_mlp_hidden(n_embd)
+        super().__init__(vocab_size, context_length, n_layer, n_head, n_kv_head, n_embd)
+        require_llama(n_embd, n_head, intermediate_size, rope_theta, norm_eps, tie_embeddings)
         # One rotary table shared by every layer (a non-persistent buffer, so not in checkpoints).
-        self.rotary = Rotary(n_embd // n_head, context_length, rope_theta)
+        self.rotary = Rotary(self.head_dim, context_length, rope_theta)
         self.tok_embeddings = nn.Embedding(vocab_size, n_embd)
         self.layers = nn.ModuleList(
-            [Block(n_embd, n_head, self.n_kv_head, hidden, norm_eps, self.rotary, i) for i in range(n_layer)]
+            [Block(n_embd, n_head, n_kv_head, intermediate_size, norm_eps, self.rotary, i) for i in range(n_layer)]
         )
         self.norm = nn.RMSNorm(n_embd, eps=norm_eps)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
-        self.apply(self._init_weights)
-        # Residual projections scaled down with depth, as in GPT-2 / nanoGPT.
-        for name, p in self.named_parameters():
-            if name.endswith(("wo.weight", "w2.weight")):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+        init_gpt2_weights(self, ("wo.weight", "w2.weight"), n_layer)
         if tie_embeddings:
             self.lm_head.weight = self.tok_embeddings.weight
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-
-    def num_params(self, non_embedding: bool = False) -> int:
-        """Parameters (a tied head counted once); `non_embedding` drops the token embedding
-        (there are no position embeddings) but keeps an untied head, which does matmul FLOPs."""
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.tok_embeddings.weight.numel() if non_embedding else n
-
-    def flops_per_token(self) -> int:
-        """Training FLOPs per token: 6N for the matmuls plus the attention term (PaLM, app. B)."""
-        n = self.num_params(non_embedding=True)
-        if self.lm_head.weight is self.tok_embeddings.weight:
-            n += self.lm_head.weight.numel()  # the tied head still does its matmul
-        return 6 * n + 12 * self.n_layer * self.n_embd * self.context_length
-
-    def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
-        weight = self.lm_head.weight  # only n_kv_head heads are cached: GQA's memory saving
-        return KVCache(
-            self.n_layer,
-            batch_size,
-            self.n_kv_head,
-            self.context_length,
-            self.n_embd // self.n_head,
-            weight.device,
-            dtype or weight.dtype,
-        )
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.layers
 
     def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
-        """Token ids (B, T) at positions start_pos.. -> final hidden states (B, T, n_embd); the
-        head lives in `logits`. With `kv_cache`, keys/values are stored and reused."""
-        if start_pos + idx.size(1) > self.context_length:
-            raise ValueError(
-                f"Positions up to {start_pos + idx.size(1)} exceed the model's context_length={self.context_length}; "
-                "pass shorter inputs or raise model.context_length."
-            )
+        self.check_positions(start_pos, idx.size(1))
         x = self.tok_embeddings(idx)
         for layer in self.layers:
             x = layer(x, kv_cache, start_pos)
@@ -159,3 +106,15 @@ class Llama(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
+
+
+def require_llama(
+    n_embd: int, n_head: int, intermediate_size: int, rope_theta: float, norm_eps: float, tie_embeddings: bool
+) -> None:
+    """The Llama-only config values (plain torch and transformers-built alike)."""
+    require_rope(n_embd, n_head, rope_theta)
+    require_size(
+        "intermediate_size", intermediate_size, f"Set the SwiGLU width, about 8/3 x model.n_embd (~{8 * n_embd // 3})."
+    )
+    check_value("model.norm_eps", norm_eps, float, gt=0, fix="Use RMSNorm's usual 1e-5.")
+    check_value("model.tie_embeddings", tie_embeddings, bool, fix="true shares the token embedding with the head.")

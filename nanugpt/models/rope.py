@@ -11,10 +11,9 @@ import torch.nn as nn
 
 
 class Rotary(nn.Module):
-    def __init__(self, head_dim: int, context_length: int, theta: float = 10000.0) -> None:
+    def __init__(self, head_dim: int, context_length: int, theta: float) -> None:
+        """head_dim must be even (the models check it with their config, see base.require_rope)."""
         super().__init__()
-        if head_dim % 2 != 0:
-            raise ValueError(f"RoPE needs an even head dimension, got head_dim={head_dim}; change n_embd or n_head.")
         inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         angles = torch.outer(torch.arange(context_length, dtype=torch.float32), inv_freq)  # (T, head_dim/2)
         # Not saved in checkpoints: recomputed from the config, and exact in float32.

@@ -16,11 +16,6 @@ class ModelWithLoss(nn.Module):
         self.model = model
         self.loss_fn = loss_fn
 
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor, return_logits: bool = False
-    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns `(logits or None, loss, correct, count)`; logits only when asked for,
-        so the (B, T, vocab) tensor need not outlive the loss."""
-        logits = self.model.logits(self.model(idx))
-        loss, correct, count = self.loss_fn(logits, targets)
-        return (logits if return_logits else None), loss, correct, count
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns `(loss, correct, count)`; the (B, T, vocab) logits do not outlive the loss."""
+        return self.loss_fn(self.model.logits(self.model(idx)), targets)

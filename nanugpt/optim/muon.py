@@ -5,6 +5,12 @@ is meant for the 2-D weights inside the network. Embeddings, the output head, no
 are better served by AdamW (modded-nanogpt; Moonlight, Liu et al. 2025). Each of the four kinds
 gets its own param group and lr; schedulers scale all of them by the same factor.
 
+Momentum warmup (modded-nanogpt from record 2024-11-08, 300 steps from 2024-11-24; the reference
+system's muon optimizer): Muon's step k (0-based) uses momentum (1 - f) momentum_start + f momentum
+with f = min(k / momentum_warmup_steps, 1), e.g. 0.85 -> 0.95 over 300 steps. k is the number of
+Muon steps taken, kept per parameter in the optimizer state (`step`, as Adam's), so a resumed run
+continues the ramp; the group's `momentum` is set from it before each step.
+
 torch.optim.Muon runs Newton-Schulz in bfloat16, which CPUs without native bf16 matmuls
 (AVX2-only, no AVX512-BF16/AMX) emulate ~40x slower than float32 (66 vs 1.7 ms for one
 512x128 matrix on a 2-core EPYC): `ns_dtype=auto` keeps bf16 on GPUs and uses float32 on CPUs.
@@ -12,11 +18,16 @@ torch.optim.Muon runs Newton-Schulz in bfloat16, which CPUs without native bf16 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.optim._muon import _adjust_lr
+
+from nanugpt.errors import CheckpointError, ConfigError, check_value
+from nanugpt.optim.adamw import check_betas, check_decay_all, check_lr_and_decay
+
+ADJUST_LR_FNS = ("original", "match_rms_adamw")
 
 
 def muon_param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -72,40 +83,92 @@ def newton_schulz(
     return x.T if tall else x
 
 
-class Muon(torch.optim.Muon):
-    """torch.optim.Muon with the Newton-Schulz precision as a choice: the same update, param
-    groups and state (`momentum_buffer`), so checkpoints move freely between the two."""
+def adjusted_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float:
+    """torch.optim.Muon's per-matrix lr: `original` (Keller Jordan) scales by sqrt(max(1, rows /
+    cols)), `match_rms_adamw` (Moonlight) by 0.2 sqrt(max(rows, cols)) so AdamW's lr carries over."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        return lr * math.sqrt(max(1.0, rows / cols))
+    return lr * 0.2 * math.sqrt(max(rows, cols))
 
-    def __init__(self, params: Any, ns_dtype: torch.dtype = torch.bfloat16, **kwargs: Any) -> None:
+
+def warmed_up_momentum(step: int, start: float, end: float, warmup_steps: int) -> float:
+    """The momentum of Muon step `step` (0-based): modded-nanogpt's ramp from `start` to `end`."""
+    frac = min(max(step, 0) / warmup_steps, 1.0) if warmup_steps > 0 else 1.0
+    return (1 - frac) * start + frac * end
+
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon with the Newton-Schulz precision as a choice and an optional momentum
+    warmup: the same update, param groups and state (`momentum_buffer`, plus a `step` count), so
+    checkpoints move freely between the two (one without `step` restarts the warmup). The step is
+    written here on public API only (torch's helpers are private)."""
+
+    def __init__(
+        self,
+        params: Any,
+        ns_dtype: torch.dtype = torch.bfloat16,
+        momentum_warmup_steps: int = 0,
+        momentum_start: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(params, **kwargs)
         self.ns_dtype = ns_dtype
+        for group in self.param_groups:
+            # `momentum` is the momentum of the next step; `momentum_end` the one the warmup reaches.
+            end = group["momentum"]
+            start = end if momentum_start is None else momentum_start
+            group.update(momentum_start=start, momentum_end=end, momentum_warmup_steps=momentum_warmup_steps)
+            group["momentum"] = warmed_up_momentum(0, start, end, momentum_warmup_steps)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # groups saved by torch.optim.Muon: no warmup
+            group.setdefault("momentum_start", group["momentum"])
+            group.setdefault("momentum_end", group["momentum"])
+            group.setdefault("momentum_warmup_steps", 0)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         loss = run_closure(closure)
         for group in self.param_groups:
-            params: list[torch.Tensor] = []
-            grads: list[torch.Tensor] = []
-            bufs: list[torch.Tensor] = []
-            self._init_group(group, params, grads, bufs)
+            if group["momentum_warmup_steps"] > 0:
+                taken = max((self.state.get(p, {}).get("step", 0) for p in group["params"]), default=0)
+                group["momentum"] = warmed_up_momentum(
+                    taken, group["momentum_start"], group["momentum_end"], group["momentum_warmup_steps"]
+                )
             lr, momentum = float(group["lr"]), group["momentum"]
-            for param, grad, buf in zip(params, grads, bufs, strict=False):  # as torch's _single_tensor_muon
+            # As torch's single-tensor Muon: the momentum buffer is created on a parameter's first
+            # gradient, and parameters without a gradient are skipped.
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad
+                if grad.is_sparse or torch.is_complex(param):
+                    raise RuntimeError("Muon supports neither sparse gradients nor complex parameters.")
+                state = self.state[param]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+                state["step"] = state.get("step", 0) + 1
+                buf = state["momentum_buffer"]
                 buf.lerp_(grad, 1 - momentum)
                 update = grad.lerp(buf, momentum) if group["nesterov"] else buf
                 update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype)
                 param.mul_(1 - lr * group["weight_decay"])
-                param.add_(update, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], param.shape))
+                param.add_(update, alpha=-adjusted_lr(lr, group["adjust_lr_fn"], param.shape))
         return loss
 
 
 def resolve_ns_dtype(ns_dtype: str, device: torch.device) -> torch.dtype:
+    check_value(
+        "optim.ns_dtype",
+        ns_dtype,
+        str,
+        choices=("auto", "bfloat16", "float32"),
+        fix="auto picks bf16 on GPUs and float32 on CPUs.",
+    )
     if ns_dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if ns_dtype not in ("bfloat16", "float32"):
-        raise ValueError(
-            f"optim.ns_dtype={ns_dtype} is not one of auto, bfloat16, float32; auto picks bf16 on GPUs and float32 on "
-            "CPUs."
-        )
     return getattr(torch, ns_dtype)
 
 
@@ -134,7 +197,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if set(state_dict) != {"muon", "adamw"}:
-            raise ValueError(
+            raise CheckpointError(
                 f"This optimizer state has keys {sorted(state_dict)}, not a muon checkpoint's ['adamw', 'muon']; "
                 "resume with the optim= the checkpoint was trained with, or start a fresh run (resume=never)."
             )
@@ -145,23 +208,56 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
 def muon(
     model: nn.Module,
-    lr: float = 0.02,
-    momentum: float = 0.95,
-    nesterov: bool = True,
-    weight_decay: float = 0.0,
-    ns_steps: int = 5,
-    adjust_lr_fn: str | None = "original",
-    embed_lr: float = 5e-3,
-    head_lr: float = 5e-3,
-    scalar_lr: float = 5e-3,
-    adamw_betas: tuple[float, float] = (0.9, 0.95),
-    adamw_weight_decay: float = 0.0,
-    adamw_eps: float = 1e-8,
-    ns_dtype: str = "auto",
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    ns_steps: int,
+    adjust_lr_fn: str,
+    embed_lr: float,
+    head_lr: float,
+    scalar_lr: float,
+    adamw_betas: tuple[float, float],
+    adamw_weight_decay: float,
+    adamw_eps: float,
+    ns_dtype: str,
+    momentum_warmup_steps: int,
+    momentum_start: float,
+    decay_all: bool,
 ) -> MuonWithAdamW:
+    check_lr_and_decay(lr, weight_decay)
+    check_value("optim.momentum", momentum, float, ge=0, lt=1, fix="Set Muon's momentum, e.g. 0.95.")
+    check_value("optim.nesterov", nesterov, bool)
+    check_value(
+        "optim.momentum_warmup_steps",
+        momentum_warmup_steps,
+        int,
+        ge=0,
+        fix="Set the Muon steps over which momentum rises from optim.momentum_start to optim.momentum, 0 for none "
+        "(modded-nanogpt: 300).",
+    )
+    check_value(
+        "optim.momentum_start", momentum_start, float, ge=0, lt=1, fix="Set the warmup's first momentum, e.g. 0.85."
+    )
+    check_decay_all(decay_all)
+    check_value("optim.ns_steps", ns_steps, int, ge=1, le=99, fix="Set the Newton-Schulz iterations, e.g. 5.")
+    check_value(
+        "optim.adjust_lr_fn",
+        adjust_lr_fn,
+        str,
+        choices=ADJUST_LR_FNS,
+        fix="original is Keller Jordan's lr scale; match_rms_adamw (Moonlight) reuses AdamW's lr and decay.",
+    )
+    for key, kind_lr in (("embed_lr", embed_lr), ("head_lr", head_lr), ("scalar_lr", scalar_lr)):
+        check_value(f"optim.{key}", kind_lr, float, gt=0, fix="Set AdamW's lr for that kind, e.g. 5e-3.")
+    check_betas("optim.adamw_betas", adamw_betas)
+    check_value(
+        "optim.adamw_weight_decay", adamw_weight_decay, float, ge=0, fix="Set 0 for no weight decay, or e.g. 0.1."
+    )
+    check_value("optim.adamw_eps", adamw_eps, float, gt=0, fix="Set a small positive number, e.g. 1e-8.")
     groups = muon_param_groups(model)
     if not groups["hidden"]:
-        raise ValueError(f"optim=muon found no hidden ≥2-D weights in {type(model).__name__}; use optim=adamw for it.")
+        raise ConfigError(f"optim=muon found no hidden ≥2-D weights in {type(model).__name__}; use optim=adamw for it.")
     muon_opt = Muon(
         groups["hidden"],
         ns_dtype=resolve_ns_dtype(ns_dtype, groups["hidden"][0].device),
@@ -171,13 +267,15 @@ def muon(
         weight_decay=weight_decay,
         ns_steps=ns_steps,
         adjust_lr_fn=adjust_lr_fn,
+        momentum_warmup_steps=momentum_warmup_steps,
+        momentum_start=momentum_start,
     )
     adamw_groups = [
         {
             "params": groups[kind],
             "lr": kind_lr,
             "name": kind,
-            "weight_decay": 0.0 if kind == "scalar" else adamw_weight_decay,
+            "weight_decay": 0.0 if kind == "scalar" and not decay_all else adamw_weight_decay,
         }
         for kind, kind_lr in (("embed", embed_lr), ("head", head_lr), ("scalar", scalar_lr))
         if groups[kind]

@@ -1,16 +1,20 @@
-"""SGD with (Nesterov) momentum; weight decay on matrices only, as for AdamW."""
+"""SGD with (Nesterov) momentum; weight decay on matrices only (all parameters with `decay_all`), as for AdamW."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from nanugpt.optim.adamw import param_groups
+from nanugpt.errors import check_value
+from nanugpt.optim.adamw import check_lr_and_decay, param_groups
 
 
 def sgd(
-    model: nn.Module, lr: float = 0.1, momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 0.0
+    model: nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float, decay_all: bool
 ) -> torch.optim.SGD:
+    check_lr_and_decay(lr, weight_decay)
+    check_value("optim.momentum", momentum, float, ge=0, lt=1, fix="Set 0 for plain SGD, or e.g. 0.9.")
+    check_value("optim.nesterov", nesterov, bool, fix="Nesterov momentum (acts only when optim.momentum > 0).")
     return torch.optim.SGD(
-        param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0
+        param_groups(model, weight_decay, decay_all), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0
     )

@@ -13,18 +13,29 @@ from collections.abc import Iterable
 
 import torch
 
+from nanugpt.errors import ConfigError, check_value
+
 
 class AmpScaler(torch.amp.GradScaler):
     def __init__(
         self,
         device_type: str,
         float16: bool,
-        enabled: bool | None = None,
-        init_scale: float = 2.0**16,
-        growth_interval: int = 2000,
+        enabled: bool | None,
+        init_scale: float,
+        growth_interval: int,
     ) -> None:
+        check_value("scaler.enabled", enabled, bool, null="loss scaling exactly when training.dtype=float16")
+        check_value("scaler.init_scale", init_scale, float, gt=0, fix="Set the first loss scale, e.g. 65536.")
+        check_value(
+            "scaler.growth_interval",
+            growth_interval,
+            int,
+            ge=1,
+            fix="Set how many overflow-free steps double the scale, e.g. 2000.",
+        )
         if enabled is False and float16:
-            raise ValueError(
+            raise ConfigError(
                 "training.dtype=float16 needs loss scaling, or small gradients underflow to zero; "
                 "use scaler=amp (or scaler=per_tensor_norm), or training.dtype=bfloat16."
             )

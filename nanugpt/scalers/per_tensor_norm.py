@@ -11,14 +11,22 @@ from collections.abc import Iterable
 
 import torch
 
+from nanugpt.errors import ConfigError, check_value
 from nanugpt.scalers.amp import AmpScaler
 
 
 class PerTensorNormScaler(AmpScaler):
     def __init__(
-        self, device_type: str, float16: bool, enabled: bool | None = None, eps: float = 1e-12, **kwargs
+        self,
+        device_type: str,
+        float16: bool,
+        enabled: bool | None,
+        init_scale: float,
+        growth_interval: int,
+        eps: float,
     ) -> None:
-        super().__init__(device_type, float16, enabled, **kwargs)
+        check_value("scaler.eps", eps, float, gt=0, fix="Set a tiny positive number, e.g. 1e-12.")
+        super().__init__(device_type, float16, enabled, init_scale, growth_interval)
         self.eps = eps
 
     @torch.no_grad()
@@ -27,7 +35,7 @@ class PerTensorNormScaler(AmpScaler):
     ) -> torch.Tensor:
         """Unscale, then set each gradient's norm to `max_norm`; returns the global norm before."""
         if max_norm <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"scaler=per_tensor_norm rescales every gradient to norm training.grad_clip, which is {max_norm}; set "
                 "training.grad_clip > 0 (e.g. 1.0)."
             )

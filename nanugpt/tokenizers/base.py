@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -22,26 +21,10 @@ class Tokenizer(Protocol):
         ...
 
 
-class FittedTokenizer(Tokenizer, Protocol):
-    """A tokenizer learned from the corpus (char vocab, trained BPE).
-
-    `prepare` calls `fit` once and stores `state()` in the prepared data's meta.json; training
-    copies that meta into every checkpoint, so `generate` rebuilds the same tokenizer with
-    `load_state` from the checkpoint alone.
-    """
-
-    needs_fit: bool
-
-    def fit(self, texts: dict[str, Iterable[str]]) -> None:
-        """Learn the vocab from the corpus: texts["train"], texts["val"] yield text pieces."""
-        ...
-
-    def state(self) -> dict[str, Any]: ...
-
-    def load_state(self, state: dict[str, Any]) -> None: ...
-
-
 def is_fitted_kind(tokenizer: Tokenizer) -> bool:
+    """Whether the tokenizer learns its vocab from the corpus (char): `prepare` calls its
+    `fit(texts)` once when `needs_fit` and stores `state()` in the prepared data's meta.json;
+    every checkpoint copies that meta, so `generate` rebuilds it with `load_state(state)`."""
     # hasattr on the class: an unfitted instance's vocab_size raises, so no isinstance check
     return all(hasattr(type(tokenizer), a) for a in ("fit", "state", "load_state", "needs_fit"))
 

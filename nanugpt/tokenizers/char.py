@@ -9,13 +9,16 @@ from typing import Any
 
 import numpy as np
 
+from nanugpt.errors import ConfigError, check_value
+
 
 class CharTokenizer:
     name = "char"
 
-    def __init__(self, chars: str | None = None) -> None:
+    def __init__(self, chars: str | None) -> None:
+        check_value("tokenizer.chars", chars, str, null="learned from the corpus by prepare")
         self.chars: str | None = None
-        if chars:
+        if chars is not None:
             self.load_state({"chars": chars})
 
     @property
@@ -48,7 +51,9 @@ class CharTokenizer:
     def load_state(self, state: dict[str, Any]) -> None:
         chars = state["chars"]
         if len(set(chars)) != len(chars):
-            raise ValueError("The char tokenizer's vocab repeats a character; it must list each once.")
+            raise ConfigError(
+                f"The char tokenizer's vocab {chars[:50]!r} repeats a character; tokenizer.chars must list each once."
+            )
         self.chars = chars
         self._ids = {c: i for i, c in enumerate(chars)}
         self._lookup = np.array(list(chars) + ["\ufffd"], dtype=object)
