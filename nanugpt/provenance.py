@@ -44,7 +44,8 @@ def git(*args: str, cwd: Path = PACKAGE_DIR) -> str | None:
         out = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    # rstrip only: a diff's last context line may be a lone space
+    return out.stdout.rstrip("\n") if out.returncode == 0 else None
 
 
 def git_state(path: Path = PACKAGE_DIR) -> dict[str, Any]:
@@ -102,15 +103,15 @@ def gpus() -> list[str]:
     )
 
 
-def code_diff() -> str | None:
-    """A dirty checkout's changes: the untracked files by name (in a header `git apply`
-    skips), then `git diff HEAD`. None for a clean checkout or outside one."""
-    diff = git("diff", "HEAD", "--no-color")
-    untracked = git("ls-files", "--others", "--exclude-standard")
+def code_diff(path: Path = PACKAGE_DIR) -> str | None:
+    """The changes of the checkout holding `path`: the untracked files by name (in a header
+    `git apply` skips), then `git diff HEAD`. None for a clean checkout or outside one."""
+    diff = git("diff", "HEAD", "--no-color", cwd=path)
+    untracked = git("ls-files", "--others", "--exclude-standard", cwd=path)
     if not diff and not untracked:
         return None
     head = [f"# untracked: {name}" for name in (untracked or "").splitlines()]
-    return "\n".join([*head, diff or ""]).strip() + "\n"
+    return "\n".join([*head, diff or ""]).rstrip("\n") + "\n"
 
 
 def environment(git_info: dict[str, Any], has_diff: bool) -> dict[str, Any]:

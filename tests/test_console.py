@@ -14,7 +14,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from nanugpt.metrics import read_metrics
-from nanugpt.observe import PEAK_FLOPS, git_state, peak_flops
+from nanugpt.observe import PEAK_FLOPS, peak_flops
+from nanugpt.provenance import git_state
 
 from .conftest import REPO, TINY, run_cli
 
@@ -66,10 +67,11 @@ def test_plain_output_log_file_provenance_and_mfu(tmp_path):
     log = (run_dir / "log.txt").read_text()
     assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO nanugpt.train: step 10/12 \| loss", log, re.M)
 
-    info = json.loads((run_dir / "run_info.json").read_text())
-    assert info["git_commit"] == git_state(REPO)["commit"]
-    assert info["git_dirty"] == git_state(REPO)["dirty"]
-    assert info["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}", info["git_commit"])
+    code = json.loads((run_dir / "env.json").read_text())["code"]
+    assert code["git_commit"] == git_state(REPO)["commit"]
+    assert code["git_dirty"] == git_state(REPO)["dirty"]
+    assert code["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}", code["git_commit"])
+    assert json.loads((run_dir / "run_info.json").read_text())["start_step"] == 0
     resolved = OmegaConf.load(run_dir / "resolved_config.yaml")
     assert resolved.training.max_steps == 12 and "${" not in (run_dir / "resolved_config.yaml").read_text()
 
