@@ -1,7 +1,7 @@
 """What it takes to run a run again, saved in its run dir at the start (rank 0):
 
     command.sh   cd, the environment variables that change what runs, and the command, quoted:
-                 `sh command.sh` reruns the run (in the same run dir: resumes it)
+                 `sh command.sh` runs it again (resumes it when the command names its run dir)
     env.json     versions (python, torch, CUDA, nanugpt and its main dependencies), GPUs, host, the
                  launcher's variables (Slurm, torchrun, CUDA_VISIBLE_DEVICES, W&B; no secrets), the
                  code's git commit and dirty flag, or the installed package version
@@ -70,15 +70,14 @@ def env_vars(pattern: re.Pattern[str]) -> dict[str, str]:
 def launch_command(argv: list[str]) -> list[str] | None:
     """The command that runs this process's training again. `python -m nanugpt.train`: this
     interpreter with the same arguments; under torchrun the same launch on this node. A job of a
-    sweep (`-m`, possibly on Slurm) reruns alone: its own overrides, in its own run dir. None
+    sweep (`-m`, possibly on Slurm) runs again alone: its own overrides, as a single run. None
     when `train()` was called from Python (a test, a notebook): no command line started it."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     train = [sys.executable, "-m", "nanugpt.train"]
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        hydra_cfg = HydraConfig.get()
-        return [*train, *hydra_cfg.overrides.task, f"hydra.run.dir={hydra_cfg.runtime.output_dir}"]
+        return [*train, *HydraConfig.get().overrides.task]
     if "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun
         nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))
         where = ["--standalone"] if nodes == 1 else [f"--nnodes={nodes}", "--rdzv-endpoint=<host:port>"]
@@ -90,7 +89,11 @@ def launch_command(argv: list[str]) -> list[str] | None:
 
 
 def command_script(command: list[str], cwd: Path, env: dict[str, str]) -> str:
-    lines = ["#!/bin/sh", "# Reruns this run; in the same run dir it resumes from its newest checkpoint.", "set -e"]
+    lines = [
+        "#!/bin/sh",
+        "# Runs this run again: a new run, or with hydra.run.dir=<its run dir> in the command, a resume.",
+        "set -e",
+    ]
     lines.append(f"cd {shlex.quote(str(cwd))}")
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     lines.append(f"exec {shlex.join(command)}")
