@@ -1,4 +1,5 @@
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -77,10 +78,14 @@ def test_phase_times_only_on_sampled_steps_and_they_add_up_to_the_step(trained_r
     timed = [r for r in rows if "time/step_s" in r]
     assert [r["step"] for r in timed] == list(range(PHASE_EVERY, 61, PHASE_EVERY))
     assert not any(k.startswith("time/") for r in rows if r not in timed for k in r)
+    # Measured inside the one train_step: only the loop's bookkeeping around it (microseconds) is
+    # left out. The median, so that a preemption of this process in that gap (a shared CPU) is not a failure.
+    shares = []
     for row in timed:
-        # measured inside the one train_step: only the loop's bookkeeping around it is left out
         total = sum(row[k] for k in PHASES)
-        assert all(row[k] > 0 for k in PHASES) and 0.8 * row["time/step_s"] <= total <= row["time/step_s"]
+        assert all(row[k] > 0 for k in PHASES) and total <= row["time/step_s"]
+        shares.append(total / row["time/step_s"])
+    assert statistics.median(shares) > 0.9
 
 
 def test_a_run_between_rare_evals_saves_on_time_without_a_val_loss(tmp_path):
