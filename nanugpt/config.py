@@ -127,6 +127,12 @@ class EvalConfig:
     checkpoint: CheckpointPolicy = CheckpointPolicy.best_and_last
     # step-numbered checkpoints kept besides last.pt/best.pt (hard links, no extra disk)
     keep_last: Annotated[int, Range(ge=0, why="0 keeps only last.pt and best.pt.")] = 2
+    # also checkpoint at the end of a step once this many minutes passed since the last save (no val loss)
+    checkpoint_every_minutes: Annotated[
+        float | None, Range(ge=0, null="off", why="0 or null turns time-based checkpoints off.")
+    ] = None
+    # no time-based checkpoint before this step
+    checkpoint_not_before_step: Annotated[int, Range(ge=0)] = 0
 
 
 @dataclass
@@ -141,6 +147,8 @@ class WandbConfig:
     name: str | None = None
     # null: WANDB_RUN_GROUP, else the sweep (<date>/<time>-<us>) for sweep jobs
     group: str | None = None
+    # also upload last.pt and best.pt as an artifact at the end of the run
+    log_checkpoints: bool = False
 
 
 @dataclass
@@ -151,6 +159,8 @@ class LoggingConfig:
     progress: bool | None = None
     # one device's peak TFLOP/s, for MFU
     peak_tflops: Annotated[float | None, Range(gt=0, null="from the A100/H100/H200 table, n/a elsewhere")] = None
+    # split every this-many steps' time into data/forward/backward/optimizer (a GPU synchronize per phase)
+    time_phases_every: Annotated[int, Range(ge=0, why="0 never splits.")] = 0
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
@@ -373,6 +383,12 @@ def validate_train(cfg: DictConfig) -> None:
     check_required(cfg, {"data.path": "data.path=/path/to/file.txt (or a directory)"})
     check_ranges(cfg, TrainConfig)
     check_resume(cfg.resume)
+    if cfg.eval.checkpoint_every_minutes and cfg.eval.checkpoint == "none":
+        raise ConfigError(
+            f"eval.checkpoint_every_minutes={cfg.eval.checkpoint_every_minutes} asks for time-based checkpoints, "
+            "but eval.checkpoint=none saves none. Pass eval.checkpoint=last (or best_and_last), or drop "
+            "eval.checkpoint_every_minutes."
+        )
 
 
 def check_train_environment(cfg: DictConfig, run_dir: Path | str | None = None) -> None:

@@ -4,8 +4,8 @@ Reads each run's `metrics.jsonl` (the source of truth), `.hydra/overrides.yaml` 
 and writes into the directory (or `--out-dir`):
 
     report.md            a table sorted by best val loss: overrides, tags (run_info.json's, when
-                         any run has some), status, steps, losses, tokens/s, and the first steps
-                         at which train/val accuracy reach 0.99
+                         any run has some), status, steps, tokens seen, losses, tokens/s, and the
+                         first steps at which train/val accuracy reach 0.99
     loss_curves.png      train and val loss vs step, one colour per run
     accuracy_curves.png  train (solid) and val (dashed) accuracy vs step, one colour per run
 
@@ -135,6 +135,12 @@ def fmt(value: float | None, spec: str = ".4f") -> str:
     return "–" if value is None else format(value, spec)
 
 
+def fmt_tokens(tokens: int | None) -> str:
+    if tokens is None:
+        return "–"
+    return f"{tokens / 1e9:.2f}B" if tokens >= 1e9 else f"{tokens / 1e6:.2f}M" if tokens >= 1e6 else f"{tokens:,}"
+
+
 def table(runs: list[Run]) -> str:
     # The accuracy columns matter for algorithmic tasks (grokking); a language-model sweep never
     # reaches 0.99, so the columns would be all dashes.
@@ -146,6 +152,7 @@ def table(runs: list[Run]) -> str:
         *(["tags"] if has_tags else []),
         "status",
         "steps",
+        "tokens",
         "best val loss (step)",
         "final val loss",
         "final train loss",
@@ -163,6 +170,7 @@ def table(runs: list[Run]) -> str:
             *([", ".join(run.tags) or "–"] if has_tags else []),
             run.status,
             f"{steps}/{run.max_steps}" if run.max_steps else str(steps),
+            fmt_tokens(run.last("run/tokens")),
             f"{best[0]:.4f} ({best[1]})" if best else "–",
             fmt(run.last("val/loss")),
             fmt(run.last("train/loss")),

@@ -123,15 +123,19 @@ SCHEMA_BAD: dict[str, dict[str, list[str]]] = {
         "eval.test_iters": ["-1", "abc"],
         "eval.checkpoint": ["best", "all"],
         "eval.keep_last": ["-1", "abc"],
+        "eval.checkpoint_every_minutes": ["-1", "nan", "abc"],
+        "eval.checkpoint_not_before_step": ["-1", "1.5", "abc"],
         "logging.every": ["0", "-1", "abc"],
         "logging.progress": ["maybe"],
         "logging.peak_tflops": ["0", "-1", "nan", "abc"],
+        "logging.time_phases_every": ["-1", "1.5", "abc"],
         "logging.wandb.mode": ["on", "1"],
         "logging.wandb.project": ["[a]"],
         "logging.wandb.entity": ["[a]"],
         "logging.wandb.name": ["[a]"],
         "logging.wandb.group": ["[a]"],
         "tags": ["5", "{{a:1}}"],
+        "logging.wandb.log_checkpoints": ["maybe"],
         "paths.data_dir": ["''", "{file}", "{file}/sub", "[a]"],
         "paths.output_root": ["{file}", "[a]"],
         "paths.sweep_root": ["[a]"],  # an unusable sweep dir: test_errors.py (the multirun callback)
@@ -491,6 +495,7 @@ def test_the_base_of_every_schema_row_is_accepted(entry, composed):
         (["sched=lr_range_test", "sched.min_lr=0.1", "sched.max_lr=0.01"], "sched.max_lr=0.01 .* > 0.1"),
         (["model.n_embd=30", "model.n_head=4"], "model.n_head=4 does not divide model.n_embd=30"),
         (["model=llama_tiny", "model.n_embd=36"], "model.n_head=4 gives heads of odd width"),
+        (["eval.checkpoint=none", "eval.checkpoint_every_minutes=30"], "but eval.checkpoint=none saves none"),
     ],
 )
 def test_values_that_only_conflict_together_are_named_together(overrides, message, composed):

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from nanugpt.checkpoint import read_log
 from nanugpt.metrics import read_metrics
 from nanugpt.train import train
 
@@ -77,10 +78,15 @@ def single(tmp_path_factory) -> Path:
     return run_dir
 
 
+# Time-based checkpoints in the same launch: a minute value below one step's time makes every
+# step from 8 on due by rank 0's clock; steps 8-11 save between the evals at 6 and 12.
+TIME_SAVES = ["eval.checkpoint_every_minutes=1e-9", "eval.checkpoint_not_before_step=8", "eval.keep_last=20"]
+
+
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     run_dir = tmp_path_factory.mktemp("ddp") / "run"
-    return run_dir, torchrun(run_dir, data_dir_override(tmp_path_factory))
+    return run_dir, torchrun(run_dir, data_dir_override(tmp_path_factory), *TIME_SAVES)
 
 
 def assert_same_losses(a: Path, b: Path) -> None:
@@ -113,6 +119,19 @@ def test_only_rank_zero_writes_and_talks(ddp):
     assert ckpt["step"] == STEPS
     # rank 1 used rank 0's run dir: no second one appeared beside it
     assert [p.name for p in run_dir.parent.iterdir()] == [run_dir.name]
+
+
+@pytest.mark.slow
+def test_time_based_saves_are_collective(ddp):
+    """Rank 0's clock decides and both ranks save: each save gathers every rank's RNG state (a
+    collective that a rank skipping the save would leave hanging), between evals, without a val loss."""
+    run_dir, _ = ddp
+    log = {e["path"]: e for e in read_log(run_dir / "checkpoints")}
+    assert sorted(e["step"] for name, e in log.items() if name.startswith("step_")) == [6, 8, 9, 10, 11, 12]
+    assert [log[f"step_{s:07d}.pt"]["val_loss"] for s in (8, 9, 10, 11)] == [None] * 4
+    assert log["best.pt"]["step"] in (6, 12) and log["best.pt"]["val_loss"] is not None
+    ckpt = torch.load(run_dir / "checkpoints" / "step_0000009.pt", weights_only=True)
+    assert ckpt["step"] == 9 and len(ckpt["rng"]) == 2
 
 
 @pytest.mark.slow

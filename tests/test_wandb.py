@@ -71,6 +71,7 @@ def test_offline_run_logs_config_summary_steps_artifacts_and_resumes_into_the_sa
         "logging.wandb.project=nanugpt-test",
         "logging.wandb.group=lr-sweep",
         "tags=[tiny,ci]",
+        "logging.wandb.log_checkpoints=true",
         f"hydra.run.dir={run_dir}",
     ]
     run_cli("nanugpt.train", *args, "training.max_steps=20", cwd=tmp_path, env=env)
@@ -103,6 +104,13 @@ def test_offline_run_logs_config_summary_steps_artifacts_and_resumes_into_the_sa
     assert artifacts[f"checkpoint-log-{run_id}"].type == "checkpoint-log"
     files = {e.path for e in artifacts[f"checkpoint-log-{run_id}"].manifest.contents}
     assert files == {"checkpoint_log.yaml"}
+    # the run's provenance with its config; the final checkpoints (logging.wandb.log_checkpoints=true)
+    files = {e.path for e in artifacts[f"config-{run_id}"].manifest.contents}
+    assert {"resolved_config.yaml", "run_info.json", "command.sh", "env.json"} <= files
+    assert files - {"code.diff"} == {"resolved_config.yaml", "run_info.json", "command.sh", "env.json"}
+    assert artifacts[f"checkpoint-{run_id}"].type == "checkpoint"
+    files = {e.path: e.size for e in artifacts[f"checkpoint-{run_id}"].manifest.contents}
+    assert files == {name: (run_dir / "checkpoints" / name).stat().st_size for name in ("last.pt", "best.pt")}
 
     # Resume: the same run dir continues the same W&B run from the checkpoint's step.
     run_cli("nanugpt.train", *args, "training.max_steps=30", cwd=tmp_path, env=env)
