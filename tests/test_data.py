@@ -16,7 +16,7 @@ from nanugpt.data.build import build_data, load_tokens
 from nanugpt.data.contract import BatchSpec
 from nanugpt.data.loader import RandomWindowBatches, TokenWindows, fixed_eval_batches
 from nanugpt.data.prepared import load_prepared, prepare
-from nanugpt.data.pystdlib import PyStdlibCorpus, stdlib_files
+from nanugpt.data.pystdlib import PyStdlibCorpus, read_source, stdlib_files
 from nanugpt.data.shakespeare_char import TinyShakespeare
 from nanugpt.data.text import TextFiles
 from nanugpt.errors import ConfigError, UserError
@@ -214,8 +214,63 @@ def test_text_source_errors_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         _ = text_files(tmp_path / "nope.txt").text
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no files"):
+    with pytest.raises(FileNotFoundError, match="no text files"):
         _ = text_files(tmp_path / "empty").text
+
+
+def test_text_not_in_its_encoding_is_refused_with_file_and_offset(tmp_path):
+    latin1 = tmp_path / "notes.txt"
+    latin1.write_bytes("first line\ncaf\u00e9 au lait\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"notes.txt is not valid utf-8: byte e9 at offset 14 \(line 2\)") as err:
+        _ = text_files(latin1).text
+    assert "data.encoding=" in str(err.value) and "iconv" in str(err.value)
+    named = TextFiles(**plugin_args("data", "text", path=str(latin1), encoding="latin-1"))
+    assert named.text == "first line\ncaf\u00e9 au lait\n"
+    with pytest.raises(ConfigError, match="data.encoding=utf-9 is not a text encoding"):
+        TextFiles(**plugin_args("data", "text", path=str(latin1), encoding="utf-9"))
+
+
+def test_directory_skips_git_pycache_hidden_and_binary_files_with_a_note(tmp_path, caplog):
+    for name, data in {
+        "a.txt": b"alpha\n",
+        "sub/b.md": "beta \u2713\n".encode(),
+        ".git/config": b"[core]\n",
+        ".git/objects/ab/cdef": b"x\x01\x00\x9c\xff",
+        "__pycache__/m.cpython-311.pyc": b"\xa7\r\r\n\x00\x00",
+        ".env": b"SECRET=1\n",
+        "logo.png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+    }.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    with caplog.at_level(logging.INFO, logger="nanugpt.data.text"):
+        source = text_files(tmp_path)
+    assert source.paths == [tmp_path / "a.txt", tmp_path / "sub/b.md"]
+    assert source.text == "alpha\n\nbeta \u2713\n"
+    assert "2 text files; skipped 4 hidden" in caplog.text and "and 1 binary" in caplog.text
+    with pytest.raises(ConfigError, match="logo.png looks binary"):
+        text_files(tmp_path / "logo.png")
+
+
+def test_byte_tokenizer_keeps_a_files_bytes_exactly(tmp_path):
+    raw = (
+        "\ufeffdef f():\r\n    return '\u00fcn\u00efc\u00f6d\u00e9 \u2713 \u65e5\u672c\u8a9e \U0001f600'\r\n\r".encode()
+        * 40
+    )
+    corpus = tmp_path / "c.txt"
+    corpus.write_bytes(raw)
+    data = prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", {"p": 1}, {"name": "byte"})
+    tokens = np.concatenate([data.splits["train"][0], data.splits["val"][0]])
+    assert bytes(tokens.astype(np.uint8)) == raw
+
+
+def test_stdlib_source_is_decoded_as_python_decodes_it(tmp_path):
+    cookie = tmp_path / "legacy.py"
+    cookie.write_bytes("# -*- coding: latin-1 -*-\nname = 'Andr\u00e9'\n".encode("latin-1"))
+    assert read_source(cookie) == "# -*- coding: latin-1 -*-\nname = 'Andr\u00e9'\n"
+    broken = tmp_path / "broken.py"
+    broken.write_bytes(b"x = 1\n\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"broken.py is not valid utf-8: byte e9 at offset 12 \(line 3\)"):
+        read_source(broken)
 
 
 def test_shakespeare_offline_error_says_how_to_pass_a_local_copy(tmp_path):

@@ -12,6 +12,7 @@ gradient or a missing all-reduce fails.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -187,3 +188,58 @@ def test_error_on_one_rank_ends_every_rank(tmp_path):
     assert procs[1].returncode != 0 and "not_a_dir" in outputs[1]
     assert procs[0].returncode != 0, outputs[0]
     assert elapsed < 120, f"rank 0 took {elapsed:.0f} s to notice (process-group timeout is 10 min)"
+
+
+LEAVE = """
+import datetime, sys, time
+import torch.distributed as td
+from nanugpt import dist
+td.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+rank = td.get_rank()
+if rank == 0:
+    time.sleep(3)  # rank 0's last checkpoint write
+entered = time.time()
+try:
+    dist.shutdown(failed=rank == 0 and sys.argv[1] == "rank0_failed")
+    outcome = "left"
+except RuntimeError as err:
+    outcome = "raised: " + str(err)
+print(f"{rank} {entered} {time.time()} {outcome}", flush=True)
+"""
+
+
+def leave_process_group(how: str) -> dict[int, tuple[float, float, str]]:
+    """Two gloo ranks call `nanugpt.dist.shutdown`, rank 0 three seconds after rank 1; for each rank:
+    when it entered shutdown, when it returned, and how."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", LEAVE, how],
+            env={**os.environ, "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+            | {"RANK": str(rank), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=100)[0] for p in procs]
+    lines = [line.split(" ", 3) for out in outputs for line in out.splitlines() if line[:2] in ("0 ", "1 ")]
+    assert len(lines) == 2, outputs
+    return {int(r): (float(entered), float(left), outcome) for r, entered, left, outcome in lines}
+
+
+def test_ranks_of_a_finished_run_leave_the_process_group_together():
+    """Rank 1, done first, waits for rank 0 instead of tearing down and exiting while it still works."""
+    ranks = leave_process_group("finished")
+    assert ranks[0][2] == ranks[1][2] == "left"
+    assert ranks[1][1] >= ranks[0][0], "rank 1 left before rank 0 had finished"
+
+
+def test_a_rank_that_fails_at_the_end_still_ends_its_peer_at_once():
+    """Rank 0 fails after rank 1 is already waiting to leave: rank 1 fails too, well within the timeout."""
+    ranks = leave_process_group("rank0_failed")
+    assert ranks[0][2] == "left" and ranks[1][2].startswith("raised: This rank finished training, but another")
+    assert ranks[1][1] - ranks[0][0] < 30, "rank 1 waited for the process-group timeout (120 s)"

@@ -288,3 +288,12 @@ def test_prepare_cli_trains_a_bpe_that_training_then_reuses(tmp_path):
     train(cfg, tmp_path / "run")
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["data_meta"]["seconds"] == meta["seconds"]  # the prepared copy, not a second one
+
+
+def test_local_text_files_not_in_utf8_are_refused_with_file_and_offset(tmp_path):
+    (tmp_path / "train.txt").write_text("one upon a time\n" * 20)
+    (tmp_path / "validation.txt").write_bytes("the end\nna\u00efve\n".encode("latin-1"))
+    files = {"train": str(tmp_path / "train.txt"), "validation": str(tmp_path / "validation.txt")}
+    source = instantiate(compose_train(local("tinystories", files, "text", "data.num_proc=1")).data)
+    with pytest.raises(ConfigError, match=r"validation.txt is not valid utf-8: byte ef at offset 10 \(line 2\)"):
+        prepare(source, CharTokenizer(None), tmp_path / "d", {}, {})

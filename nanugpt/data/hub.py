@@ -16,18 +16,22 @@ import os
 import socket
 import urllib.parse
 import urllib.request
+from collections import deque
 from collections.abc import Iterator, Mapping
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import ListConfig, OmegaConf
 
+from nanugpt.data.source import decoded_chunks
 from nanugpt.errors import ConfigError, UnavailableInputError, check_value
 from nanugpt.tokenizers.base import Tokenizer, eot_id
 
 SPLIT_SEED = 2357  # nanoGPT's openwebtext val split seed
 HUB_PROBE_TIMEOUT_S = 10.0
+TEXT_BUILDERS = ("text", "csv", "json")  # `datasets` builders that read local files as UTF-8 text
 
 
 def check_hub_reachable(endpoint: str) -> None:
@@ -167,6 +171,7 @@ class HubDataset:
                 num_proc=self.num_proc,
             )
         except Exception as err:  # the hub client raises many kinds; all mean "could not load"
+            self._refuse_undecodable_local_file(err)
             where = f"{self.path!r}" + (f" (config {self.hub_config!r})" if self.hub_config else "")
             raise UnavailableInputError(
                 f"Could not load the data set {where} for data={self.name}: {type(err).__name__}: {err}. "
@@ -176,6 +181,21 @@ class HubDataset:
                 "the Hugging Face cache; or load local copies with data.path=parquet (or json, arrow) "
                 "data.data_files=/path/to/files."
             ) from None
+
+    def _refuse_undecodable_local_file(self, err: BaseException) -> None:
+        """A text, CSV or JSON builder stops at the first byte that is not UTF-8 with a message that
+        names neither the file nor the offset (a DatasetGenerationError wraps the UnicodeDecodeError):
+        find the file and say where."""
+        while err is not None and not isinstance(err, UnicodeDecodeError):
+            err = err.__cause__ or err.__context__
+        if err is None or self.path not in TEXT_BUILDERS:
+            return
+        fix = (
+            f"The {self.path} builder reads UTF-8 only: convert it (e.g. iconv -f latin1 -t utf-8 in.txt > out.txt), "
+            "or leave it out of data.data_files."
+        )
+        for file in local_files(self.data_files):
+            deque(decoded_chunks(Path(file), "utf-8", fix), maxlen=0)  # raises at the first bad byte
 
     def _check_hub_reachable(self) -> None:
         """One connection attempt instead of the client's retries; skipped for local files and in

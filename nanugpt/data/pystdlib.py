@@ -7,10 +7,11 @@ so the corpus (and its train/val split) is the same on every run of the same Pyt
 from __future__ import annotations
 
 import sysconfig
+import tokenize
 from pathlib import Path
 
-from nanugpt.data.source import TextSource
-from nanugpt.errors import check_value
+from nanugpt.data.source import TextSource, decoded_chunks
+from nanugpt.errors import ConfigError, check_value
 
 SKIPPED_DIRS = frozenset({"test", "site-packages", "__pycache__"})
 
@@ -18,6 +19,18 @@ SKIPPED_DIRS = frozenset({"test", "site-packages", "__pycache__"})
 def stdlib_files(root: Path | None = None) -> list[Path]:
     root = Path(root or sysconfig.get_paths()["stdlib"])
     return sorted(p for p in root.rglob("*.py") if not SKIPPED_DIRS.intersection(p.relative_to(root).parts))
+
+
+def read_source(path: Path) -> str:
+    """A Python file decoded as Python decodes it: UTF-8 unless a coding cookie names another.
+    A UTF-8 BOM is kept as the character it is, as the corpus always held it."""
+    fix = "This Python's standard library has a damaged file: train on other text (data=text data.path=...)."
+    with open(path, "rb") as f:
+        try:
+            encoding = tokenize.detect_encoding(f.readline)[0]
+        except SyntaxError as err:  # an unknown coding cookie, or bad UTF-8 in the first two lines
+            raise ConfigError(f"{path}: {err.msg}. {fix}") from None
+    return "".join(decoded_chunks(path, "utf-8" if encoding == "utf-8-sig" else encoding, fix))
 
 
 class PyStdlibCorpus(TextSource):
@@ -32,7 +45,7 @@ class PyStdlibCorpus(TextSource):
         parts: list[str] = []
         size = 0
         for path in stdlib_files():
-            text = path.read_text(encoding="utf-8", errors="replace")
+            text = read_source(path)
             parts.append(text)
             size += len(text)
             if self.max_bytes is not None and size >= self.max_bytes:

@@ -7,17 +7,56 @@ interrupted prepare continues from the last finished shard.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 from collections.abc import Iterator
 from functools import cached_property
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from nanugpt.errors import check_value
+from nanugpt.errors import ConfigError, check_value
 from nanugpt.tokenizers.base import Tokenizer
 
 TEXT_PIECE_CHARS = 1 << 20
+DECODE_CHUNK_BYTES = 1 << 24
+
+
+def decoded_chunks(path: Path, encoding: str, fix: str) -> Iterator[str]:
+    """The text of `path` in `encoding`, decoded strictly, a chunk at a time. Nothing is changed:
+    line ends stay as the file has them, so the byte tokenizer sees a UTF-8 file's bytes exactly.
+
+    Bytes that are not valid `encoding` raise a ConfigError naming the file, byte offset and
+    line, and `fix`: never U+FFFD in their place, which would train every tokenizer on mangled
+    text without a word (and the byte tokenizer on bytes the file does not hold).
+    """
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset = lines = 0  # bytes read before this chunk; line ends decoded before it
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(DECODE_CHUNK_BYTES)
+            # the decoder holds back an incomplete character from the end of the last chunk: an
+            # error's object and position count from there
+            state = decoder.getstate()
+            held = len(state[0])
+            try:
+                text = decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                before = codecs.getincrementaldecoder(encoding)(errors="replace")
+                before.setstate(state)
+                line = lines + before.decode(chunk[: max(err.start - held, 0)]).count("\n") + 1
+                raise ConfigError(
+                    f"{path} is not valid {encoding}: byte {err.object[err.start : err.end].hex(' ')} at offset "
+                    f"{offset - held + err.start:,} (line {line}) {err.reason}. {fix}"
+                ) from None
+            except UnicodeError as err:  # a codec's own complaint, with no position (UTF-16 without its BOM)
+                raise ConfigError(f"{path} is not valid {encoding}: {err}. {fix}") from None
+            if not chunk:
+                return
+            offset += len(chunk)
+            lines += text.count("\n")
+            yield text
 
 
 class TokenSource(Protocol):
