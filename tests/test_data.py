@@ -60,8 +60,10 @@ def test_prepare_writes_what_metadata_says(tmp_path):
     meta = json.loads((data.path / "meta.json").read_text())
     assert meta["vocab_size"] == 256 and meta["dtype"] == "uint16" and meta["tokenizer"] == "byte"
     for split in ("train", "val"):
-        raw = np.fromfile(data.path / f"{split}.bin", dtype=meta["dtype"])
-        assert raw.size == meta["num_tokens"][split]
+        assert meta["files"][split] == [f"{split}_000000.bin"]  # under data.shard_tokens: one shard
+        header = np.fromfile(data.path / f"{split}_000000.bin", dtype="<i4", count=256)
+        raw = np.fromfile(data.path / f"{split}_000000.bin", dtype=meta["dtype"], offset=1024)
+        assert header[:3].tolist() == [20240520, 1, meta["num_tokens"][split]] == [20240520, 1, raw.size]
     text = source.text
     assert tok.decode(data.splits["train"][0]) + tok.decode(data.splits["val"][0]) == text
     assert meta["num_tokens"]["val"] == len(text.encode()) - len(text[: int(len(text) * 0.9)].encode())
@@ -72,9 +74,9 @@ def test_prepare_reuses_cache_and_redoes_when_source_changes(tmp_path):
     corpus.write_text("abc" * 1000)
     cfg = {"path": str(corpus)}
     first = prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", cfg, {})
-    mtime = (first.path / "train.bin").stat().st_mtime_ns
+    mtime = (first.path / "train_000000.bin").stat().st_mtime_ns
     again = prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", cfg, {})
-    assert (again.path / "train.bin").stat().st_mtime_ns == mtime  # served from cache
+    assert (again.path / "train_000000.bin").stat().st_mtime_ns == mtime  # served from cache
     corpus.write_text("xyz" * 2000)
     changed = prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", cfg, {})
     assert changed.path == first.path and ByteTokenizer().decode(changed.splits["train"][0]).startswith("xyz")
@@ -87,16 +89,16 @@ def test_truncated_prepared_file_is_a_clear_error(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("hello " * 500)
     data = prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", {}, {})
-    with open(data.path / "train.bin", "r+b") as f:
-        f.truncate(10)
-    with pytest.raises(RuntimeError, match="delete .* prepared again"):
+    with open(data.path / "train_000000.bin", "r+b") as f:
+        f.truncate(1100)
+    with pytest.raises(RuntimeError, match="train_000000.bin is 1,100 bytes.*truncated.*delete .* prepared again"):
         load_prepared(data.path)
 
 
 def truncate_bin(path: Path) -> str:
-    with open(path / "train.bin", "r+b") as f:
-        f.truncate(10)
-    return "train.bin is missing or has the wrong size"
+    with open(path / "train_000000.bin", "r+b") as f:
+        f.truncate(1100)
+    return "a train shard is missing or has the wrong size"
 
 
 def tear_meta(path: Path) -> str:
@@ -137,10 +139,10 @@ def test_token_ids_beyond_the_vocab_are_refused_with_the_directory_to_delete(tmp
     corpus.write_text("hello world " * 500)
     cfg = text_config(corpus)
     path = load_tokens(cfg, instantiate(cfg.data)).path  # prepares the cache build_data reads
-    train = np.memmap(path / "train.bin", dtype=np.uint16, mode="r+")
+    train = np.memmap(path / "train_000000.bin", dtype=np.uint16, mode="r+", offset=1024)
     train[:] = 300  # same size, ids a byte tokenizer never makes
     train.flush()
-    with pytest.raises(ConfigError, match=rf"train.bin holds token id 300 .*vocab of 256.*delete {path}"):
+    with pytest.raises(ConfigError, match=rf"train_000000.bin holds token id 300 .*vocab of 256.*delete {path}"):
         build_data(cfg, BatchSpec.from_config(cfg)).train.next_step()
 
 
@@ -181,7 +183,7 @@ def test_a_complete_cache_on_read_only_storage_is_used(tmp_path):
         again = prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", {}, {})
         assert np.array_equal(again.splits["train"][0], first.splits["train"][0])
         truncate_bin(first.path)  # the file itself stays writable (root's chattr is on the directories)
-        refused = rf"Cannot prepare {first.path} \(.*train.bin is missing or has the wrong size.*\): writing "
+        refused = rf"Cannot prepare {first.path} \(.*a train shard is missing or has the wrong size.*\): writing "
         with pytest.raises(UserError, match=refused + f".*delete {first.path}"):
             prepare(text_files(corpus), ByteTokenizer(), tmp_path / "d", {}, {})
 

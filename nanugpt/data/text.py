@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from nanugpt.data.source import TextSource
 from nanugpt.errors import MissingInputError, check_value
 
+BLOCK_CHARS = 1 << 22
+
 
 class TextFiles(TextSource):
     name = "text"
 
-    def __init__(self, path: str, val_fraction: float, glob: str) -> None:
-        super().__init__(val_fraction)
+    def __init__(
+        self, path: str, val_fraction: float, glob: str, shard_tokens: int | None = None, num_proc: int | None = None
+    ) -> None:
+        super().__init__(val_fraction, shard_tokens, num_proc)
         check_value("data.path", path, str, fix="Pass data.path=/path/to/file.txt or data.path=/path/to/dir.")
         check_value("data.glob", glob, str, fix="E.g. data.glob='**/*.txt' (files under data.path, when a directory).")
         self.path = Path(path).expanduser()
@@ -35,7 +40,17 @@ class TextFiles(TextSource):
         )
 
     def read_text(self) -> str:
-        text = "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in self.files())
-        if not text.strip():
+        return "".join(self.read_blocks())
+
+    def read_blocks(self) -> Iterator[str]:
+        """The files' text joined by newlines, streamed: a corpus larger than memory never is in it."""
+        any_text = False
+        for i, path in enumerate(self.files()):
+            if i:
+                yield "\n"
+            with open(path, encoding="utf-8", errors="replace") as f:
+                while block := f.read(BLOCK_CHARS):
+                    any_text = any_text or not block.isspace()
+                    yield block
+        if not any_text:
             raise MissingInputError(f"data.path={self.path} holds no text; point it at a non-empty file.")
-        return text
