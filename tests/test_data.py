@@ -12,12 +12,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from nanugpt.data import source as source_module
 from nanugpt.data.build import build_data, load_tokens
 from nanugpt.data.contract import BatchSpec
 from nanugpt.data.loader import RandomWindowBatches, TokenWindows, fixed_eval_batches
 from nanugpt.data.prepared import load_prepared, prepare
 from nanugpt.data.pystdlib import PyStdlibCorpus, stdlib_files
 from nanugpt.data.shakespeare_char import TinyShakespeare
+from nanugpt.data.shards import ShardFiles
 from nanugpt.data.text import TextFiles
 from nanugpt.errors import ConfigError, UserError
 from nanugpt.tokenizers.base import token_dtype
@@ -293,3 +295,64 @@ def test_prefetching_loader_gives_the_same_batches_and_resume_position():
     resumed.load_state_dict(saved)
     assert all(torch.equal(a, b) for a, (b, _) in zip(expected, resumed.next_step(), strict=True))
     assert all(torch.equal(a, b) for a, (b, _) in zip(expected, ahead.next_step(), strict=True))
+
+
+def read_back(path: Path) -> dict[str, np.ndarray]:
+    """Each split of a prepared directory through the `data=shards` reader, concatenated."""
+    splits = ShardFiles(str(path), vocab_size=256).load().splits
+    return {split: np.concatenate(shards) for split, shards in splits.items()}
+
+
+def test_prepare_writes_llmc_shards_that_the_shard_loader_reads(tmp_path):
+    lines = [f"document {i}: " + "the quick brown fox jumps over the lazy dog " * (1 + i % 5) for i in range(60)]
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(lines))
+    source = TextFiles(**plugin_args("data", "text", path=str(corpus), shard_tokens=150))  # < one document
+    data = prepare(source, ByteTokenizer(), tmp_path / "d", {}, {})
+    text = corpus.read_text()
+    cut = int(len(text) * 0.9)
+    expected = {"train": ByteTokenizer().encode(text[:cut]), "val": ByteTokenizer().encode(text[cut:])}
+    names = sorted(p.name for p in data.path.glob("*.bin"))
+    assert names == sorted(n for files in data.meta["files"].values() for n in files)
+    assert names[0] == "train_000000.bin" and f"train_{len(expected['train']) // 150:06d}.bin" in names
+    for split, tokens in expected.items():
+        shards = data.splits[split]
+        assert [len(s) for s in shards[:-1]] == [150] * (len(shards) - 1) and 0 < len(shards[-1]) <= 150
+        assert np.array_equal(np.concatenate(shards), tokens)
+    assert all(np.array_equal(read_back(data.path)[split], t) for split, t in expected.items())
+    # the loader draws windows across the shards, none crossing a boundary, and resumes exactly
+    spec = BatchSpec(context_length=16, global_batch_size=8, device_batch_size=4, seed=3)
+    batches = RandomWindowBatches(TokenWindows(data.splits["train"], 16, vocab_size=256), spec)
+    batches.next_step()
+    state = batches.state_dict()
+    ahead = [x for x, _ in batches.next_step()]
+    batches.load_state_dict(state)
+    assert all(torch.equal(a, x) for a, (x, _) in zip(ahead, batches.next_step(), strict=True))
+    assert all(ByteTokenizer().decode(row) in text for x in ahead for row in x)
+
+
+def test_text_pieces_and_processes_give_the_tokens_of_one_encode(tmp_path, monkeypatch, tiktoken_rank_file):
+    from nanugpt.tokenizers.tiktoken_bpe import TiktokenTokenizer
+
+    monkeypatch.setattr(source_module, "TEXT_PIECE_CHARS", 2000)  # many pieces from a small corpus
+    corpus = tmp_path / "c.py"
+    corpus.write_text("\n".join(p.read_text() for p in stdlib_files()[:12]))
+    tok = TiktokenTokenizer("gpt2", tiktoken_rank_file("gpt2"))
+    one, two = (
+        TextFiles(**plugin_args("data", "text", path=str(corpus), shard_tokens=5000, num_proc=n)) for n in (1, 2)
+    )
+    assert len(list(one.pieces("train"))) > 10
+    data = prepare(one, tok, tmp_path / "one", {}, {})
+    forked = prepare(two, tok, tmp_path / "two", {}, {})  # 2 processes
+    text = corpus.read_text()
+    cut = int(len(text) * 0.9)
+    for split, part in {"train": text[:cut], "val": text[cut:]}.items():
+        assert np.array_equal(np.concatenate(data.splits[split]), tok.encode(part))
+        assert np.array_equal(np.concatenate(forked.splits[split]), tok.encode(part))
+
+
+@pytest.mark.parametrize("bad", [0, 2**31])
+def test_shard_tokens_is_checked(tmp_path, bad):
+    (tmp_path / "c.txt").write_text("hello")
+    with pytest.raises(ConfigError, match=f"data.shard_tokens={bad}"):
+        TextFiles(**plugin_args("data", "text", path=str(tmp_path / "c.txt"), shard_tokens=bad))
