@@ -1,7 +1,9 @@
 import json
 import logging
 import os
+import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +27,7 @@ from nanugpt.errors import ConfigError, UserError
 from nanugpt.tokenizers.base import token_dtype
 from nanugpt.tokenizers.byte import ByteTokenizer
 
-from .conftest import compose_train, plugin_args
+from .conftest import REPO, compose_train, plugin_args
 
 
 def text_files(path) -> TextFiles:
@@ -356,3 +358,38 @@ def test_shard_tokens_is_checked(tmp_path, bad):
     (tmp_path / "c.txt").write_text("hello")
     with pytest.raises(ConfigError, match=f"data.shard_tokens={bad}"):
         TextFiles(**plugin_args("data", "text", path=str(tmp_path / "c.txt"), shard_tokens=bad))
+
+
+def prepare_peak_rss_mb(corpus: Path, data_dir: Path) -> float:
+    """Peak RSS of a `nanugpt.prepare` process (its own getrusage at exit: RUSAGE_CHILDREN would
+    be the maximum over every child this test process ever waited for)."""
+    args = [f"data.path={corpus}", "data=text", "data.shard_tokens=4000000", "data.num_proc=1", "tokenizer=byte"]
+    code = (
+        "import atexit, resource, runpy, sys\n"
+        "atexit.register(lambda: print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+        f"sys.argv = ['prepare', *{args!r}]\n"
+        "runpy.run_module('nanugpt.prepare', run_name='__main__')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NANUGPT_DATA": str(data_dir)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert "Prepared in" in out
+    return int(out.split("PEAK_KB")[-1]) / 1024
+
+
+@pytest.mark.slow
+def test_prepare_peak_memory_does_not_grow_with_the_corpus(tmp_path):
+    """100 MB and 300 MB of text, byte tokens in 4M-token shards: the peak stays at the 1 MB
+    corpus's (interpreter, torch, pieces in flight), where holding the corpus would add its size."""
+    lines = "".join(f"line {i}: the quick brown fox jumps over the lazy dog {i * 7919 % 10007}\n" for i in range(10000))
+    block = lines.encode()
+    peak = {}
+    for mb in (1, 100, 300):
+        corpus = tmp_path / f"c{mb}.txt"
+        with open(corpus, "wb") as f:
+            for _ in range(mb * 1_000_000 // len(block) + 1):
+                f.write(block)
+        peak[mb] = prepare_peak_rss_mb(corpus, tmp_path / f"d{mb}")
+        corpus.unlink()
+        shutil.rmtree(tmp_path / f"d{mb}")
+    assert peak[300] - peak[100] < 16, peak  # 200 MB more corpus
+    assert peak[300] - peak[1] < 64, peak  # the bound: pieces in flight, not the 300 MB corpus
