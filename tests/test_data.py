@@ -58,7 +58,7 @@ def test_stdlib_corpus_is_sorted_and_skips_tests():
 
 
 def test_prepare_writes_what_metadata_says(tmp_path):
-    source = PyStdlibCorpus(val_fraction=0.1, max_bytes=50_000)
+    source = PyStdlibCorpus(val_fraction=0.1, max_bytes=50_000, shard_tokens=None, num_proc=None)
     tok = ByteTokenizer()
     data = prepare(source, tok, tmp_path, {"max_bytes": 50_000}, {"name": "byte"})
     meta = json.loads((data.path / "meta.json").read_text())

@@ -15,7 +15,7 @@ class TextFiles(TextSource):
     name = "text"
 
     def __init__(
-        self, path: str, val_fraction: float, glob: str, shard_tokens: int | None = None, num_proc: int | None = None
+        self, path: str, val_fraction: float, glob: str, shard_tokens: int | None, num_proc: int | None
     ) -> None:
         super().__init__(val_fraction, shard_tokens, num_proc)
         check_value("data.path", path, str, fix="Pass data.path=/path/to/file.txt or data.path=/path/to/dir.")
