@@ -258,6 +258,8 @@ class BenchConfig:
     max_mb: Annotated[float, Range(gt=0)] = 8.0
     # prepare: a local .tiktoken rank file (r50k_base / gpt2); null skips tiktoken
     bpe_file: str | None = None
+    # loader: GB of random uint16 shards to draw windows from
+    loader_gb: Annotated[float, Range(gt=0)] = 2.0
     # speedrun: the experiment config to run end to end
     experiment: str = "shakespeare_speedrun"
     # speedrun: final val loss to reach

@@ -185,6 +185,7 @@ HUB_BAD = {
     "text_separator": ["5", "[a]"],
     "max_docs": ["0", "-1", "abc"],
     "shard_docs": ["0", "-1", "abc"],
+    "shard_tokens": ["0", "2147483648", "abc"],
     "num_proc": ["0", "-1", "abc"],
     "test_split": ["''", "[a]"],
     "cache_dir": ["''", "[a]"],
@@ -223,17 +224,24 @@ ADAMW_BAD = {
     "decay_all": ["maybe", "1"],
 }
 AMP_BAD = {"enabled": ["maybe", "1"], "init_scale": ["0", "abc"], "growth_interval": ["0", "1.5", "abc"]}
+PREPARE_BAD = {"shard_tokens": ["0", "2147483648", "abc"], "num_proc": ["0", "-1", "abc"]}
 PLUGIN_BAD: dict[str, dict[str, list[str]]] = {
-    "nanugpt.data.pystdlib.PyStdlibCorpus": {"val_fraction": FRACTION_BAD, "max_bytes": ["0", "-1", "abc"]},
+    "nanugpt.data.pystdlib.PyStdlibCorpus": {
+        "val_fraction": FRACTION_BAD,
+        "max_bytes": ["0", "-1", "abc"],
+        **PREPARE_BAD,
+    },
     "nanugpt.data.text.TextFiles": {
         "path": ["''", "[a]", "{missing}"],
         "val_fraction": FRACTION_BAD,
         "glob": ["''", "[a]", "nothing-matches-*"],
+        **PREPARE_BAD,
     },
     "nanugpt.data.shakespeare_char.TinyShakespeare": {
         "cache_dir": ["''", "[a]"],
         "local_path": ["''", "{missing}", "5"],
         "val_fraction": FRACTION_BAD,
+        **PREPARE_BAD,
     },
     "nanugpt.data.hub.HubDataset": HUB_BAD,
     "nanugpt.data.grokking.ModularArithmetic": {

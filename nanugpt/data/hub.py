@@ -1,8 +1,8 @@
 """Data sets through Hugging Face `datasets`: tinystories, wikitext103, openwebtext, fineweb_edu_10b, fineweb_10b,
 or any hub id / local files (`data.path=parquet data.data_files=...`) with a text column.
 
-Prepare tokenizes one shard of `shard_docs` documents at a time with `Dataset.map(batched=True,
-num_proc=...)` and writes it to disk before the next, so a corpus larger than memory streams
+Prepare reads each split in pieces of `shard_docs` documents, tokenizes them on `num_proc`
+processes, and writes shards of `shard_tokens` tokens, so a corpus larger than memory streams
 through, and an interrupted prepare continues from its last finished shard.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import math
 import os
 import socket
 import urllib.parse
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 from omegaconf import ListConfig, OmegaConf
 
-from nanugpt.data.source import decoded_chunks
+from nanugpt.data.source import check_prepare_options, decoded_chunks
 from nanugpt.errors import ConfigError, UnavailableInputError, check_value
 from nanugpt.tokenizers.base import Tokenizer, eot_id
 
@@ -92,6 +91,7 @@ class HubDataset:
         text_separator: str,
         max_docs: int | None,
         shard_docs: int,
+        shard_tokens: int | None,
         num_proc: int | None,
         cache_dir: str | None,
     ) -> None:
@@ -121,7 +121,6 @@ class HubDataset:
             )
         check_value("data.max_docs", max_docs, int, ge=1, null="every document")
         check_value("data.shard_docs", shard_docs, int, ge=1)
-        check_value("data.num_proc", num_proc, int, ge=1, null="all cores but one")
         check_value("data.cache_dir", cache_dir, str, null="the Hugging Face default, under HF_HOME")
         self.name, self.path, self.hub_config, self.revision = name, path, hub_config, revision
         # hydra passes nested config as DictConfig; datasets and the fingerprint want plain values
@@ -133,7 +132,7 @@ class HubDataset:
         self.split_names = ("train", "val", "test") if test_split else ("train", "val")
         self.text_field, self.eot_between_docs, self.text_separator = text_field, eot_between_docs, text_separator
         self.max_docs, self.shard_docs = max_docs, shard_docs
-        self.num_proc = num_proc or max(1, (os.cpu_count() or 2) - 1)
+        self.shard_tokens, self.num_proc = check_prepare_options(shard_tokens, num_proc)
         self.cache_dir = cache_dir
 
     def fingerprint(self) -> str:
@@ -253,24 +252,12 @@ class HubDataset:
         for start in range(0, len(docs), 1000):
             yield "".join(t + self.text_separator for t in docs[start : start + 1000][self.text_field])
 
-    def num_shards(self, split: str) -> int:
-        return max(1, math.ceil(len(self.splits[split]) / self.shard_docs))
-
-    def tokenize_shard(self, tokenizer: Tokenizer, split: str, index: int) -> np.ndarray:
+    def pieces(self, split: str) -> Iterator[list[str]]:
         docs = self.splits[split]
-        shard = docs.select(range(index * self.shard_docs, min(len(docs), (index + 1) * self.shard_docs)))
-        if len(shard) == 0:
-            return np.zeros(0, dtype=np.int64)
+        for start in range(0, len(docs), self.shard_docs):
+            yield docs[start : start + self.shard_docs][self.text_field]
+
+    def encode_piece(self, tokenizer: Tokenizer, piece: list[str]) -> np.ndarray:
         eot, separator = self._separator(tokenizer)
-        tokenized = shard.map(
-            encode_docs,
-            batched=True,
-            num_proc=min(self.num_proc, len(shard)) if self.num_proc > 1 else None,
-            remove_columns=shard.column_names,
-            fn_kwargs={"tokenizer": tokenizer, "text_field": self.text_field, "eot": eot, "separator": separator},
-            keep_in_memory=True,  # the shard file prepare writes is the only copy we keep
-            new_fingerprint=hashlib.sha256(f"{self.fingerprint()}-{split}-{index}".encode()).hexdigest()[:16],
-            desc=f"tokenizing {split} shard {index + 1}/{self.num_shards(split)}",
-        )
-        column = tokenized.data.column("ids")
-        return np.concatenate([np.zeros(0, np.int64)] + [chunk.flatten().to_numpy() for chunk in column.chunks])
+        ids = encode_docs({"text": piece}, tokenizer, "text", eot, separator)["ids"]
+        return np.concatenate([np.zeros(0, np.int64), *ids])

@@ -36,8 +36,10 @@ def read_source(path: Path) -> str:
 class PyStdlibCorpus(TextSource):
     name = "pystdlib"
 
-    def __init__(self, val_fraction: float, max_bytes: int | None) -> None:
-        super().__init__(val_fraction)
+    def __init__(
+        self, val_fraction: float, max_bytes: int | None, shard_tokens: int | None, num_proc: int | None
+    ) -> None:
+        super().__init__(val_fraction, shard_tokens, num_proc)
         check_value("data.max_bytes", max_bytes, int, ge=1, null="the whole corpus")
         self.max_bytes = max_bytes
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from nanugpt.data.source import TextSource, decoded_chunks
@@ -45,11 +46,22 @@ def looks_binary(path: Path, encoding: str) -> bool:
         return False
 
 
+BLOCK_CHARS = 1 << 22
+
+
 class TextFiles(TextSource):
     name = "text"
 
-    def __init__(self, path: str, val_fraction: float, glob: str, encoding: str) -> None:
-        super().__init__(val_fraction)
+    def __init__(
+        self,
+        path: str,
+        val_fraction: float,
+        glob: str,
+        encoding: str,
+        shard_tokens: int | None,
+        num_proc: int | None,
+    ) -> None:
+        super().__init__(val_fraction, shard_tokens, num_proc)
         check_value("data.path", path, str, fix="Pass data.path=/path/to/file.txt or data.path=/path/to/dir.")
         check_value("data.glob", glob, str, fix="E.g. data.glob='**/*.txt' (files under data.path, when a directory).")
         check_encoding("data.encoding", encoding)
@@ -96,13 +108,23 @@ class TextFiles(TextSource):
         return files
 
     def read_text(self) -> str:
+        return "".join(self.read_blocks())
+
+    def read_blocks(self) -> Iterator[str]:
+        """The files' text joined by newlines, decoded strictly and streamed: a corpus larger than
+        memory never is in it."""
         fix = (
             "Name the encoding it is in with data.encoding=... (latin-1, cp1252, utf-16, ...), or convert it "
             "(e.g. iconv -f latin1 -t utf-8 in.txt > out.txt, for data.encoding=utf-8)"
             + (", or leave it out with data.glob=..." if len(self.paths) > 1 else "")
             + "."
         )
-        text = "\n".join("".join(decoded_chunks(p, self.encoding, fix)) for p in self.paths)
-        if not text.strip():
+        any_text = False
+        for i, path in enumerate(self.paths):
+            if i:
+                yield "\n"
+            for block in decoded_chunks(path, self.encoding, fix):
+                any_text = any_text or not block.isspace()
+                yield block
+        if not any_text:
             raise MissingInputError(f"data.path={self.path} holds no text; point it at a non-empty file.")
-        return text
