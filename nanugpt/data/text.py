@@ -46,9 +46,6 @@ def looks_binary(path: Path, encoding: str) -> bool:
         return False
 
 
-BLOCK_CHARS = 1 << 22
-
-
 class TextFiles(TextSource):
     name = "text"
 
