@@ -17,31 +17,35 @@ built on the meta device costs nothing), per rank:
   parameters and gradients unsharded through the step, and four blocks' worth of unsharded
   parameters and gradients in flight.
 
-Activations are what autograd saves for the backward, measured rather than modelled: one block
-(a copy, materialized on the CPU) runs forward under the run's autocast dtype while a
-saved-tensors hook counts the bytes it keeps, at a few small sizes. Saved bytes are a quadratic
-in the sequence length (the T x T attention weights of SDPA's math path; flash and
-memory-efficient kernels save only O(T)), linear in the batch, plus a constant per block (the
-autocast copies of the weights), so the few small traces give the exact count at any size for
-the CPU's kernels. The head and loss (logits, their log-softmax and its gradient, each
-batch x context x vocab) are a formula. With activation checkpointing each block keeps only its
-input, and one block's activations exist at a time during the recompute. The total adds
-what is held between steps and the step's peak: the larger of gradients and activations for one
-micro-step (the backward frees a block's activations as it makes its gradients), both with
-gradient accumulation.
+Activations are what autograd saves for the backward, counted rather than modelled: the model and
+its loss run forward on fake tensors (torch's FakeTensorMode: the CPU kernels' real choices and
+output shapes, no data, no compute) at the real batch and length under the run's autocast dtype,
+while a saved-tensors hook adds up the distinct storages kept. That covers every block type and
+SDPA path (flash and memory-efficient kernels keep O(T) per head, the math path the T x T
+weights), the autocast copies of the weights, and the logits and their float32 log-softmax. To it
+come the backward's first large tensors: cross-entropy's float32 gradients with respect to the
+log-probabilities and to the logits, made while the log-probabilities are still saved. With activation
+checkpointing each block keeps only its input, and one block's activations exist during its
+recompute. On a GPU the kernels differ a little (the trace uses the CPU's); `bench memory`
+compares with the measured peak. The total adds what is held between steps and the step's peak:
+the larger of gradients and activations for one micro-step (the backward frees a block's
+activations as it makes its gradients), both with gradient accumulation.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.nn as nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.autograd.graph import saved_tensors_hooks
+
+from nanugpt.errors import ConfigError
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -52,7 +56,8 @@ MiB = 2**20
 
 @dataclass
 class MemoryEstimate:
-    """Bytes on one rank; None where there is no formula (an optimizer or block type not known here)."""
+    """Bytes on one rank; None where there is no formula (an optimizer not known here; activation
+    checkpointing of a block that is not called as `block(x)`)."""
 
     parallel: str
     world_size: int
@@ -77,9 +82,6 @@ class MemoryEstimate:
     def total(self) -> int:
         return self.params + self.buffers + self.comm + (self.optimizer or 0) + self.step_peak
 
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "total": self.total}
-
     def table(self) -> str:
         """A compact block for the start-up log."""
         comm = {"ddp": "DDP grad buckets", "zero1": "DDP grad buckets", "fsdp": "FSDP gathered (est.)"}
@@ -98,7 +100,9 @@ class MemoryEstimate:
 
 def check_parallel(parallel: str) -> None:
     if parallel not in PARALLEL_MODES:
-        raise ValueError(f"parallel={parallel!r} is not one of {', '.join(PARALLEL_MODES)}")
+        raise ConfigError(
+            f"The memory estimate has no parallel mode {parallel!r}; use one of {', '.join(PARALLEL_MODES)}."
+        )
 
 
 def unique_params(model: nn.Module) -> list[nn.Parameter]:
@@ -168,73 +172,55 @@ def optimizer_bytes(optimizer: torch.optim.Optimizer, parallel: str, world_size:
     return total
 
 
-def saved_bytes(fn: Any, exclude: list[torch.Tensor]) -> int:
+def saved_bytes(fn: Callable[[], Any], exclude: list[torch.Tensor]) -> int:
     """Bytes of the distinct storages autograd saves for the backward while `fn()` runs, leaving
     out those of `exclude` (the parameters and buffers themselves)."""
-    skip = {t.untyped_storage().data_ptr() for t in exclude}
-    seen: dict[int, int] = {}
+    skip = {id(t.untyped_storage()) for t in exclude}
+    seen: dict[int, Any] = {}  # id -> storage, held so that an id is not reused while counting
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        if storage.data_ptr() not in skip:
-            seen[storage.data_ptr()] = storage.nbytes()
+        if id(storage) not in skip:
+            seen[id(storage)] = storage
         return t
 
     with saved_tensors_hooks(pack, lambda t: t):
         fn()
-    return sum(seen.values())
+    return sum(storage.nbytes() for storage in seen.values())
 
 
-def block_saved_bytes(block: nn.Module, batch: int, length: int, n_embd: int, amp_dtype: torch.dtype) -> int:
-    """What autograd saves for one block's forward on (batch, length, n_embd) on the CPU."""
-    x = torch.zeros(batch, length, n_embd, requires_grad=True)
-    exclude = [*block.parameters(), *block.buffers()]
-    with torch.autocast("cpu", dtype=amp_dtype, enabled=amp_dtype != torch.float32):
-        return saved_bytes(lambda: block(x), exclude)
-
-
-def block_activation_bytes(
-    model: nn.Module, batch: int, length: int, amp_dtype: torch.dtype, traced_block: nn.Module | None = None
+def traced_saved_bytes(
+    model: nn.Module, loss_fn: Any, batch: int, length: int, amp_dtype: torch.dtype, checkpointing: bool
 ) -> int | None:
-    """One block's saved bytes at (batch, length), from traces at small sizes (see the module
-    docstring): bytes(b, t) = b seq(t) + const(t). None when the block cannot be called as
-    `block(x)` (the transformers-built models' layers take more arguments)."""
-    block = traced_block or copy.deepcopy(model.blocks[0]).to_empty(device="cpu")
-    block.train()
-    # three short lengths; up to 24 tokens, the real length is one of them
-    lengths = [t for t in (8, 16) if t < length][-2:] + [length] if length <= 24 else [8, 16, 24]
-    try:
-        # batches of 2 and 3: a batch of 1 takes shortcuts (views instead of copies) in some kernels
-        two, three = ([block_saved_bytes(block, b, t, model.n_embd, amp_dtype) for t in lengths] for b in (2, 3))
-    except TypeError:
-        return None
-    # bytes(b, t) = b seq(t) + const(t), each a quadratic in t (const: the autocast weight copies,
-    # rotary tables cut to length t); fitted exactly through the traced lengths.
-    degree = len(lengths) - 1
-    seq = np.polyfit(lengths, [y3 - y2 for y2, y3 in zip(two, three, strict=True)], degree)
-    const = np.polyfit(lengths, [3 * y2 - 2 * y3 for y2, y3 in zip(two, three, strict=True)], degree)
-    return round(batch * np.polyval(seq, length) + np.polyval(const, length))
-
-
-def head_bytes(model: nn.Module, batch: int, length: int, amp_dtype: torch.dtype) -> int:
-    """The final norm and head with the loss, per token: the norm's fp32 input and the head's
-    input, then the logits (in the autocast dtype), their float32 log-softmax and its gradient."""
-    act = torch.empty((), dtype=amp_dtype).element_size()
-    vocab = getattr(getattr(model, "lm_head", None), "out_features", model.vocab_size)  # padded rows included
-    per_token = model.n_embd * (4 + act) + vocab * (act + 8)
-    return batch * length * per_token
-
-
-def activation_bytes(
-    model: nn.Module, batch: int, length: int, amp_dtype: torch.dtype, checkpointing: bool = False
-) -> int | None:
-    block = block_activation_bytes(model, batch, length, amp_dtype)
-    if block is None:
-        return None
+    """What autograd saves in the forward of `model` (on the meta device) and its loss on
+    (batch, length) tokens, under CPU autocast to `amp_dtype`, traced on fake tensors: every
+    kernel's real choice and output shapes, no data and no compute. With `checkpointing` each
+    block keeps only its float32 input, and one block's activations exist during its recompute
+    (None if a block cannot be called as `block(x)`, as the transformers-built layers)."""
+    meta_model = copy.deepcopy(model)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fake = meta_model.to_empty(device="cpu").train()
+        exclude = [p for _, p in fake.named_parameters(remove_duplicate=False)] + list(fake.buffers())
+        tokens = torch.zeros(batch, length, dtype=torch.long)
+        with torch.autocast("cpu", dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+            whole = saved_bytes(lambda: loss_fn(fake.logits(fake(tokens)), tokens), exclude)
+            if not checkpointing:
+                return whole
+            x = torch.zeros(batch, length, model.n_embd, requires_grad=True)
+            try:
+                block = saved_bytes(lambda: fake.blocks[0](x), exclude)
+            except TypeError:
+                return None
     n_layer = len(model.blocks)
-    # checkpointed: each block keeps its float32 input; one block is recomputed at a time
-    blocks = n_layer * batch * length * model.n_embd * 4 + block if checkpointing else n_layer * block
-    return blocks + head_bytes(model, batch, length, amp_dtype)
+    return whole - n_layer * block + n_layer * batch * length * model.n_embd * 4 + block
+
+
+def logits_grad_bytes(model: nn.Module, batch: int, length: int) -> int:
+    """The backward's first large tensors, alive beside the saved activations: cross-entropy's
+    float32 gradients with respect to the log-probabilities and to the logits (padded vocab rows
+    included), made while the log-probabilities are still saved."""
+    vocab = getattr(getattr(model, "lm_head", None), "out_features", model.vocab_size)
+    return 2 * batch * length * vocab * 4
 
 
 def fsdp_gathered_bytes(model: nn.Module, world_size: int) -> int:
@@ -259,6 +245,7 @@ def fsdp_gathered_bytes(model: nn.Module, world_size: int) -> int:
 def estimate_memory(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
+    loss_fn: Any,
     parallel: str,
     world_size: int,
     batch: int,
@@ -268,10 +255,10 @@ def estimate_memory(
     rank: int = 0,
     accumulating: bool = False,
 ) -> MemoryEstimate:
-    """Bytes on `rank` for `model` (on any device, meta included) trained by `optimizer` (the
-    unsharded one, built over the model's parameters) with `parallel` over `world_size` ranks,
-    `batch` sequences of `length` tokens per forward, autocast to `amp_dtype`. Rank 0 holds the
-    most under every mode (the first fsdp chunks are full; zero1 gives it the largest tensor)."""
+    """Bytes on `rank` for `model` (built on the meta device) trained by `optimizer` (the
+    unsharded one, built over the model's parameters) on `loss_fn` with `parallel` over `world_size` ranks,
+    `batch` sequences of `length` tokens per forward, autocast to `amp_dtype`. Under fsdp rank 0
+    holds the most (its chunks are full); under zero1 the ranks' optimizer shares differ a little."""
     check_parallel(parallel)
     params = unique_params(model)
     trained = [p for p in params if p.requires_grad]
@@ -280,6 +267,7 @@ def estimate_memory(
         return sum(shard_numel(p, parallel, world_size, rank, padded=True) * p.element_size() for p in ps)
 
     grads = nbytes(trained)
+    saved = traced_saved_bytes(model, loss_fn, batch, length, amp_dtype, checkpointing)
     comm = {"ddp": grads, "zero1": grads, "fsdp": fsdp_gathered_bytes(model, world_size), "single": 0}[parallel]
     return MemoryEstimate(
         parallel=parallel,
@@ -290,7 +278,7 @@ def estimate_memory(
         grads=grads,
         optimizer=optimizer_bytes(optimizer, parallel, world_size, rank),
         comm=comm if world_size > 1 or parallel == "fsdp" else 0,
-        activations=activation_bytes(model, batch, length, amp_dtype, checkpointing),
+        activations=None if saved is None else saved + logits_grad_bytes(model, batch, length),
         accumulating=accumulating,
     )
 
@@ -299,17 +287,18 @@ def estimate_for_config(cfg: DictConfig, parallel: str, world_size: int, amp_dty
     """`estimate_memory` for a training config (model.vocab_size set): the model and its
     optimizer built on the meta device, `training.device_batch_size` x `model.context_length`,
     `training.activation_checkpointing` if the config has it."""
-    tcfg = cfg.training
     from hydra.utils import instantiate
 
     from nanugpt.train import build_optimizer
 
+    tcfg = cfg.training
     with torch.device("meta"):
         model = instantiate(cfg.model)
         optimizer = build_optimizer(cfg, model)
     return estimate_memory(
         model,
         optimizer,
+        instantiate(cfg.loss),
         parallel,
         world_size,
         tcfg.device_batch_size,

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from nanugpt.memory import block_activation_bytes, block_saved_bytes, estimate_for_config, estimate_memory
+from nanugpt.memory import estimate_for_config, estimate_memory, saved_bytes, traced_saved_bytes
 from nanugpt.optim import state_bytes
 
 # Odd sizes, so FSDP pads: 61 vocab rows and 3 x 24 = 72 attention rows split over 2 ranks as 31 + 30
@@ -133,20 +133,22 @@ def test_one_process_bytes_equal_the_real_tensors_after_a_step(overrides):
     ids=["gpt-flash", "gpt-dropout-math", "llama-gqa"],
 )
 @pytest.mark.parametrize("amp_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_block_activations_from_small_traces_equal_a_trace_at_the_real_size(model_overrides, dropout, amp_dtype):
-    """Traced at lengths 8, 16, 24 and batches 2, 3, extrapolated to batch 5 x 40 tokens: the
-    same bytes as tracing that size (SDPA's flash path is linear in the length, its math path with
-    dropout quadratic)."""
+def test_fake_tensor_trace_counts_what_a_real_forward_saves(model_overrides, dropout, amp_dtype):
+    """The estimate's trace of the meta-built model on fake tensors against the same forward and
+    loss on real tensors, at batch 3 x 40 tokens: SDPA's flash path (O(T) saved) and its math path
+    with dropout (T x T), grouped-query attention with rotary tables, fp32 and bf16 autocast."""
     cfg = config(model_overrides + ([dropout] if dropout else []) + ["model.context_length=40"])
+    loss_fn = instantiate(cfg.loss)
     torch.manual_seed(0)
     model = instantiate(cfg.model).train()
-    block = model.blocks[0]
-    direct = block_saved_bytes(block, 5, 40, model.n_embd, amp_dtype)
-    assert block_activation_bytes(model, 5, 40, amp_dtype, traced_block=block) == direct > 0
-    # and the estimate's own copy of the block, materialized from the meta device, counts the same
+    tokens = torch.randint(0, model.vocab_size, (3, 40))
+    with torch.autocast("cpu", dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+        real = saved_bytes(
+            lambda: loss_fn(model.logits(model(tokens)), tokens), [*model.parameters(), *model.buffers()]
+        )
     with torch.device("meta"):
         meta_model = instantiate(cfg.model)
-    assert block_activation_bytes(meta_model, 5, 40, amp_dtype) == direct
+    assert traced_saved_bytes(meta_model, loss_fn, 3, 40, amp_dtype, checkpointing=False) == real > 0
 
 
 @pytest.mark.slow
@@ -181,7 +183,9 @@ def test_two_ranks_fsdp_and_zero1_bytes_equal_each_ranks_real_tensors(tmp_path):
             with torch.device("meta"):
                 model = instantiate(cfg.model)
                 optimizer = instantiate(cfg.optim)(model)
-            estimate = estimate_memory(model, optimizer, parallel, 2, 2, 16, torch.float32, rank=rank)
+            estimate = estimate_memory(
+                model, optimizer, instantiate(cfg.loss), parallel, 2, 2, 16, torch.float32, rank=rank
+            )
             got = measured[name]
             assert (estimate.params, estimate.grads, estimate.optimizer) == (
                 got["params"],
