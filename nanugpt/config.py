@@ -270,6 +270,8 @@ class BenchConfig:
     budget_s: Annotated[float, Range(gt=0)] = 480.0
     # gpu: toy sizes on the CPU (CI), to prove the check runs end to end
     dry_run: bool = False
+    # memory: the ranks the ddp/zero1/fsdp per-rank estimates are for
+    world_size: Annotated[int, Range(ge=1)] = 8
     # gpu: where gpu.json, gpu.md and each section's JSON and log go; null: bench-gpu/
     out_dir: str | None = None
     # gpu: a local tinyshakespeare.txt for the baby-GPT section (skipped without)

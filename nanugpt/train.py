@@ -45,6 +45,7 @@ from nanugpt.data.build import build_data
 from nanugpt.data.contract import BatchSpec, Data
 from nanugpt.data.loader import RepeatedBatches
 from nanugpt.errors import ConfigError, NonFiniteLossError, report_user_errors
+from nanugpt.memory import estimate_for_config
 from nanugpt.metrics import format_duration
 from nanugpt.models.with_loss import ModelWithLoss
 from nanugpt.observe import RunObserver, peak_flops, peak_memory, weight_norm
@@ -259,12 +260,20 @@ def build_scaler(cfg: DictConfig, device: torch.device, amp_dtype: torch.dtype) 
     return instantiate(cfg.scaler)(device.type, float16=amp_dtype == torch.float16)
 
 
+def configured_parallel(cfg: DictConfig) -> str:
+    """The parallel mode the config asks for over several ranks: training.parallel where the
+    config has it, else "zero1" for training.zero1=true and "ddp" otherwise."""
+    if cfg.training.get("parallel") is not None:
+        return str(cfg.training.parallel)
+    return "zero1" if cfg.training.zero1 else "ddp"
+
+
 def parallel_mode(cfg: DictConfig, info: dist.DistInfo) -> str:
-    """How the run is spread over ranks: "single" (one process), "ddp", or "zero1" (DDP with the
-    optimizer state sharded across ranks, training.zero1=true)."""
+    """How the run is spread over ranks: "single" (one process), else `configured_parallel`:
+    "ddp", or "zero1" (DDP with the optimizer state sharded across ranks)."""
     if not info.is_distributed:
         return "single"
-    return "zero1" if cfg.training.zero1 else "ddp"
+    return configured_parallel(cfg)
 
 
 def parallelize(
@@ -344,8 +353,10 @@ def build_run(
     if cfg.training.overfit_batches:  # debug=overfit: the first steps' batches over and over
         data.train = RepeatedBatches(data.train, cfg.training.overfit_batches)
     set_vocab_size(cfg, data.vocab_size)
-    model, net = build_model(cfg, loss_fn, info.device)
     parallel = parallel_mode(cfg, info)
+    if info.is_master:  # before the model takes any memory
+        log.info(estimate_for_config(cfg, parallel, info.world_size, amp_dtype).table())
+    model, net = build_model(cfg, loss_fn, info.device)
     net, optimizer = parallelize(cfg, model, net, info, parallel)
     scheduler = build_scheduler(cfg, optimizer)
     if info.is_distributed:

@@ -58,6 +58,13 @@ def test_bench_eval_reports_seconds_per_pass(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]
 
 
+def test_bench_memory_prints_estimate_and_measured_peak(tmp_path: Path) -> None:
+    rows = {row["what"]: row for row in run_bench("memory", tmp_path, "bench.world_size=2")["results"]}
+    peak = rows["peak total"]
+    assert peak["estimate_mib"] > 0 and peak["measured_mib"] > 0  # the process's RSS grew by the model's steps
+    assert {"ddp on 2 ranks, per rank", "zero1 on 2 ranks, per rank", "fsdp on 2 ranks, per rank"} <= set(rows)
+
+
 def test_bench_generate_compares_cache_and_recompute(tmp_path: Path) -> None:
     rows = run_bench("generate", tmp_path, "bench.new_tokens=50", "bench.batch_sizes=[1,2]")["results"]
     assert {(r["batch"], r["path"]) for r in rows} == {
