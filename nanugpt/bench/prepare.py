@@ -82,7 +82,7 @@ def whole_prepare(text: str, tokenizer: Any, num_proc: int) -> Callable[[], int]
         with tempfile.TemporaryDirectory(prefix="nanugpt-bench-prepare-") as tmp:
             corpus = Path(tmp) / "corpus.txt"
             corpus.write_text(text, encoding="utf-8")
-            source = TextFiles(str(corpus), 0.1, "**/*", shard_tokens=None, num_proc=num_proc)
+            source = TextFiles(str(corpus), 0.1, "**/*", "utf-8", shard_tokens=None, num_proc=num_proc)
             data = prepare(source, tokenizer, Path(tmp) / "data", {}, {}, force=True)
             return sum(data.meta["num_tokens"].values())
 
