@@ -151,7 +151,9 @@ def write_run_artifacts(run_dir: Path) -> tuple[list[Path], dict[str, Any]]:
     if command is not None:
         script = run_dir / "command.sh"
         script.write_text(command_script(command, Path.cwd(), env_vars(RERUN_ENV)))
-        script.chmod(0o755)
+        # executable where readable, as chmod +x does under the umask (0644 -> 0755, 0664 -> 0775)
+        mode = script.stat().st_mode
+        script.chmod(mode | (mode & 0o444) >> 2)
         written.append(script)
     env_file = run_dir / "env.json"
     env = environment(git_info, diff is not None)

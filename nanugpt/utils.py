@@ -24,7 +24,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _create_temp_file(path: Path) -> tuple[int, Path]:
+def create_temp_file(path: Path) -> tuple[int, Path]:
     """A new, uniquely named file beside `path`, open for writing. Not tempfile.mkstemp: it
     creates files 0600, and a checkpoint or a dataset should get the mode any new file gets here,
     0666 less the umask (and a directory's default ACL), which the kernel applies to this open."""
@@ -43,7 +43,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temp_file(path)
+    fd, tmp = create_temp_file(path)
     try:
         with os.fdopen(fd, mode) as f:
             write(f)

@@ -235,6 +235,7 @@ PLUGIN_BAD: dict[str, dict[str, list[str]]] = {
         "path": ["''", "[a]", "{missing}"],
         "val_fraction": FRACTION_BAD,
         "glob": ["''", "[a]", "nothing-matches-*"],
+        "encoding": ["5", "utf-9", "base64"],
         **PREPARE_BAD,
     },
     "nanugpt.data.shakespeare_char.TinyShakespeare": {

@@ -25,6 +25,8 @@ from omegaconf import OmegaConf
 from nanugpt.memory import estimate_for_config, estimate_memory, saved_bytes, traced_saved_bytes
 from nanugpt.optim import state_bytes
 
+REPO = Path(__file__).resolve().parents[1]  # the checkout under test, for the torchrun workers
+
 # Odd sizes, so FSDP pads: 61 vocab rows and 3 x 24 = 72 attention rows split over 2 ranks as 31 + 30
 # and 36 + 36; llama's 37-row SwiGLU matrices as 19 + 18.
 GPT = ["model=gpt_tiny", "model.vocab_size=61", "model.vocab_multiple=1", "model.n_embd=24", "model.n_head=2"]
@@ -170,7 +172,7 @@ def test_two_ranks_fsdp_and_zero1_bytes_equal_each_ranks_real_tensors(tmp_path):
             __file__,
             str(cases_file),
         ],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
         timeout=300,

@@ -104,11 +104,11 @@ def test_every_file_a_run_writes_gets_the_mode_a_plain_open_gives(tmp_path, umas
     names = {p.name for p in written}
     for name in ("step_0000002.pt", "last.pt", "best.pt", "checkpoint_log.yaml", "metrics.jsonl", "run_info.json"):
         assert name in names
-    for name in ("summary.jsonl", "report.md", "loss_curves.png", "meta.json", "train.bin", "val.bin"):
+    for name in ("summary.jsonl", "report.md", "loss_curves.png", "meta.json", "train_000000.bin", "val_000000.bin"):
         assert name in names
     wrong = {
         str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777)
         for p in written
-        if p.stat().st_mode & 0o777 != (0o777 if p.is_dir() else 0o666) & ~umask
+        if p.stat().st_mode & 0o777 != (0o777 if p.is_dir() or p.name == "command.sh" else 0o666) & ~umask
     }
     assert not wrong, f"modes under umask {umask:04o}: {wrong}"

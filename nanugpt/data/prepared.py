@@ -32,7 +32,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -49,7 +48,7 @@ from nanugpt.data.shards import HEADER_BYTES, read_shard, shard_header
 from nanugpt.data.source import TokenSource
 from nanugpt.errors import ConfigError, UserError
 from nanugpt.tokenizers.base import Tokenizer, is_fitted_kind, restore_tokenizer_state, token_dtype, tokenizer_state
-from nanugpt.utils import atomic_write_json, fsync_dir
+from nanugpt.utils import atomic_write_json, create_temp_file, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +196,7 @@ def encoded_pieces(
 
 def _write_shard(path: Path, tokens: Iterator[np.ndarray], dtype: np.dtype) -> int:
     """Stream `tokens` into an llm.c shard at `path` (temp name, fsync, rename); its token count."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = create_temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(bytes(HEADER_BYTES))  # the count is known at the end
