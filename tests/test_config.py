@@ -115,7 +115,7 @@ SCHEMA_BAD: dict[str, dict[str, list[str]]] = {
         "training.device": ["gpu", "cuda:0"],
         "training.threads": ["0", "-2", "abc"],
         "training.skip_nonfinite": ["maybe"],
-        "training.zero1": ["maybe"],
+        "training.parallel": ["maybe"],
         "eval.every": ["0", "-100", "abc"],
         "eval.iters": ["0", "-1", "abc"],
         "eval.test_iters": ["-1", "abc"],
