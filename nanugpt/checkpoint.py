@@ -40,6 +40,7 @@ import pickle
 import random
 import re
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -540,7 +541,9 @@ def load_sharded(path: Path, tensors: dict[str, Any]) -> None:
     import torch.distributed.checkpoint as dcp
 
     reader, planner = _safe_dcp()
-    dcp.load(tensors, storage_reader=reader(path), planner=planner())
+    with warnings.catch_warnings():  # without a process group DCP warns that it loads in one process: intended
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(tensors, storage_reader=reader(path), planner=planner())
 
 
 def consolidate(path: Path) -> dict[str, Any]:

@@ -540,6 +540,8 @@ def load_sharded_state(run: Run, path: Path, ckpt: dict[str, Any], model_cfg: di
     def load_optimizer() -> None:
         optim_state = {**tensors["optimizer"], **ckpt["optimizer_rest"]}
         set_optimizer_state_dict(model, optimizers, optim_state, options=options)
+        if hasattr(run.optimizer, "link_groups"):  # Muon's parts got new group dicts
+            run.optimizer.link_groups()
 
     return load_optimizer
 

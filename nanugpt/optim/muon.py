@@ -197,15 +197,11 @@ class MuonWithAdamW(torch.optim.Optimizer):
         self.muon, self.adamw = muon, adamw
         self.parts = (muon, adamw)  # what torch.distributed.checkpoint.state_dict loads and saves
         super().__init__([p for opt in (muon, adamw) for g in opt.param_groups for p in g["params"]], {})
+        self.link_groups()
 
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        """The inner optimizers' own group dicts, read afresh: loading a state replaces them."""
-        return self.muon.param_groups + self.adamw.param_groups
-
-    @param_groups.setter
-    def param_groups(self, groups: list[dict[str, Any]]) -> None:
-        """Optimizer.__init__ sets a combined list; the inner optimizers keep the real groups."""
+    def link_groups(self) -> None:
+        """Share the inner optimizers' group dicts; again after anything replaced them (a load)."""
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -225,6 +221,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
             )
         self.muon.load_state_dict(state_dict["muon"])
         self.adamw.load_state_dict(state_dict["adamw"])
+        self.link_groups()  # loading replaces the inner group dicts
 
 
 def muon(
