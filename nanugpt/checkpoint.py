@@ -34,7 +34,6 @@ import contextlib
 import errno
 import functools
 import logging
-import math
 import os
 import pickle
 import random
@@ -348,17 +347,12 @@ def load_plain(path: Path, map_location: str | torch.device = "cpu") -> dict[str
 
 def candidates(ckpt_dir: Path) -> list[Path]:
     """The checkpoints in a directory, newest first: last, step files and directories, best (each
-    once). last and best are ordered by the step the log gives them (last first without one)."""
-    logged = {str(e["path"]): e.get("step") for e in _log_entries(ckpt_dir)}
-    ranked: list[tuple[float, int, Path]] = []
-    for which, order, unknown in (("last", 2, math.inf), ("best", 0, -math.inf)):
-        if (p := pointer(ckpt_dir, which)) is not None:
-            step = logged.get(p.name)
-            ranked.append((step if isinstance(step, int) else unknown, order, p))
-    ranked += [(step, 1, p) for step, p in _step_files(ckpt_dir)]
+    once; last and best as a file, last.pt, or an FSDP run's directory symlink, last)."""
+    steps = [p for _, p in reversed(_step_files(ckpt_dir))]
+    paths = [pointer(ckpt_dir, "last"), *steps, pointer(ckpt_dir, "best")]
     seen, unique = set(), []
-    for _, _, p in sorted(ranked, key=lambda r: r[:2], reverse=True):
-        if (key := (p.stat().st_dev, p.stat().st_ino)) not in seen:
+    for p in paths:
+        if p is not None and (key := (p.stat().st_dev, p.stat().st_ino)) not in seen:
             seen.add(key)
             unique.append(p)
     return unique
@@ -543,7 +537,13 @@ def load_sharded(path: Path, tensors: dict[str, Any]) -> None:
     reader, planner = _safe_dcp()
     with warnings.catch_warnings():  # without a process group DCP warns that it loads in one process: intended
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(tensors, storage_reader=reader(path), planner=planner())
+        try:
+            dcp.load(tensors, storage_reader=reader(path), planner=planner())
+        except dcp.api.CheckpointException as err:  # DCP wraps each rank's exception: ours says what happened
+            ours = [e for e, _ in err.failures.values() if isinstance(e, CheckpointError)]
+            if ours:
+                raise ours[0] from None
+            raise
 
 
 def consolidate(path: Path) -> dict[str, Any]:
