@@ -298,12 +298,17 @@ def shard_model(model: torch.nn.Module, net: torch.nn.Module, amp_dtype: torch.d
     module the loop calls (model + loss), which takes the embeddings, final norm and head. Each
     block is compiled on its own first (training.compile=true), as in torchtitan.
 
-    Mixed precision follows training.dtype: bfloat16 gathers the blocks' weights in bf16 for
-    compute and reduces gradients in fp32 (the sharded master weights stay fp32); blocks leave
-    their inputs' dtype alone and the root's weights stay fp32, so autocast decides each op's
-    precision and the residual stream stays fp32, as it does under DDP."""
+    Mixed precision follows training.dtype: bfloat16 gathers the blocks' weights in bf16 and
+    runs each block in bf16 (its input cast down), reduces gradients in fp32 and hands the block's
+    output back in fp32; the sharded master weights stay fp32. The root's weights stay fp32 too,
+    so between blocks the residual stream, and the loss, are fp32 under autocast as under DDP."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    if not torch.distributed.is_initialized():
+        raise ConfigError(
+            "training.parallel=fsdp shards over a process group, and this process has none (nanugpt.train makes "
+            "one, of one process if need be; the benchmarks run unwrapped). Use training.parallel=ddp here."
+        )
     blocks = model.blocks
     if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) == 0:
         raise ConfigError(
@@ -314,7 +319,7 @@ def shard_model(model: torch.nn.Module, net: torch.nn.Module, amp_dtype: torch.d
     blocks_policy = MixedPrecisionPolicy(
         param_dtype=torch.bfloat16 if low_precision else None,
         reduce_dtype=torch.float32 if low_precision else None,
-        cast_forward_inputs=False,
+        output_dtype=torch.float32 if low_precision else None,
     )
     for block in blocks:
         if compile:

@@ -171,7 +171,17 @@ def test_consolidate_and_generate(single, fsdp, tmp_path):
         train(compose_train(DDP_TINY + [f"resume={out}"]), tmp_path / "from_consolidated")
 
 
-# ---- in-process: the save's complete-or-absent guarantee, untrusted sharded checkpoints, config
+# ---- in-process: bfloat16, the save's complete-or-absent guarantee, untrusted sharded checkpoints, config
+
+
+def test_bfloat16_fsdp_trains_what_bfloat16_autocast_trains(data, tmp_path):
+    """FSDP's bf16 policy (bf16 blocks, fp32 reduction, fp32 between blocks) on one process
+    against plain bf16 autocast: the same losses up to bf16 rounding (observed 1e-5 relative),
+    where a wrong policy fails outright (mixed-dtype ops) or drifts by far more."""
+    bf16 = [*DDP_TINY, data, "training.dtype=bfloat16", "training.max_steps=4", "eval.every=4"]
+    train(compose_train(bf16), tmp_path / "plain")
+    train(compose_train([*bf16, FSDP]), tmp_path / "fsdp")
+    assert losses(tmp_path / "fsdp") == pytest.approx(losses(tmp_path / "plain"), rel=1e-3)
 
 
 def shard_state(step: int) -> dict:
