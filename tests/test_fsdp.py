@@ -8,7 +8,8 @@ where DDP all-reduces the accumulated one). Observed (gpt, 2 layers, width 32, 1
 below one step's change in loss (~3e-2): a wrong shard, a doubled or missing gradient fails.
 
 CI launches torchrun four times (FSDP, DDP with activation checkpointing, and the killed and
-resumed FSDP run); the other checks load what those wrote, in this process.
+resumed FSDP run); the other checks load what those wrote, in this process: ~100 s in all on 2
+cores. The other models, Muon, compile and dropout are marked slow.
 """
 
 from __future__ import annotations
@@ -276,10 +277,14 @@ def test_removed_zero1_key_and_fsdp_float16_are_refused_before_any_work():
         ["model=llama_tiny", "model.n_kv_head=1", "training.compile=true"],
         # gpt_modern with Muon, whose Newton-Schulz gathers each sharded matrix; checkpointed blocks
         ["model=gpt_modern", "optim=muon", "training.activation_checkpointing=true"],
+        # transformers' own decoder layers as the blocks (the optional [hf] extra)
+        ["model=hf_gpt2", "model.dropout=0.0"],
     ],
-    ids=["llama", "gpt_modern_muon"],
+    ids=["llama", "gpt_modern_muon", "hf_gpt2"],
 )
 def test_other_models_match_one_process(model, data, tmp_path):
+    if model[0].startswith("model=hf_"):
+        pytest.importorskip("transformers", reason="optional extra [hf] not installed")
     single_dir = tmp_path / "single"
     single_dir.mkdir()
     plain = [m for m in model if not m.startswith(("training.compile", "training.activation"))]
