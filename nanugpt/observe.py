@@ -1,5 +1,6 @@
 """Seeing a run while it trains: console lines and a progress bar, `metrics.jsonl`, the run's
-provenance (resolved config, git commit), MFU, and W&B.
+provenance (resolved config; command.sh, env.json, code.diff from nanugpt/provenance.py), MFU,
+weight norm and peak memory, and W&B.
 
 `train.py` makes one `RunObserver` and calls `log_step(row, eta_s)` once per step and
 `close()` at the end. Only rank 0 observes; other ranks get an observer that does nothing.
@@ -13,10 +14,7 @@ import json
 import logging
 import netrc
 import os
-import platform
 import secrets
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nanugpt.metrics import MetricsFile, console_line
+from nanugpt.provenance import write_run_artifacts
 from nanugpt.utils import atomic_write_bytes
 
 log = logging.getLogger("nanugpt.train")
@@ -62,19 +61,24 @@ def tf32_matmuls() -> bool:
     return matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
 
 
-def git_state(path: Path) -> dict[str, Any]:
-    """Commit and dirty flag of the checkout that holds `path` (None outside a git checkout)."""
+def weight_norm(model: torch.nn.Module) -> float:
+    """The L2 norm of all parameters together. Every rank calls it: under FSDP a parameter is a
+    DTensor shard and get_total_norm all-reduces the shards' norms into the full model's."""
+    with torch.no_grad():
+        norm = torch.nn.utils.get_total_norm(list(model.parameters()))
+        # a DTensor norm is a partial sum over the shards: full_tensor() completes it
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
 
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """This process's peak memory, named for what it is: on a GPU the tensors allocated
+    (`run/peak_gpu_mem_gib`), on a CPU the process's resident set (`run/peak_rss_gib`)."""
+    if device.type == "cuda":
+        return {"run/peak_gpu_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+    import resource
+
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return {"run/peak_rss_gib": max_rss * (1 if sys.platform == "darwin" else 1024) / 2**30}
 
 
 def wandb_mode(mode: str | None) -> str:
@@ -104,6 +108,29 @@ def default_run_name(run_dir: Path) -> tuple[str, str | None]:
         group = f"{run_dir.parent.parent.name}/{run_dir.parent.name}"
         return f"{group}/{run_dir.name}", group
     return f"{run_dir.parent.name}/{run_dir.name}", None
+
+
+def run_tags(cfg: DictConfig) -> list[str]:
+    """The top-level `tags` list, or when null W&B's own WANDB_TAGS (comma-separated)."""
+    tags = cfg.get("tags")
+    if tags is None:
+        tags = [t.strip() for t in os.environ.get("WANDB_TAGS", "").split(",") if t.strip()]
+    return [str(t) for t in tags]
+
+
+def wandb_init_args(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Project, entity, name, group and tags for wandb.init: the command line / config, then W&B's
+    own variables (so a W&B sweep agent's WANDB_PROJECT and WANDB_ENTITY hold), then nanugpt's
+    defaults (project nanugpt; name and group from the run dir)."""
+    wcfg, env = cfg.logging.wandb, os.environ.get
+    name, group = default_run_name(run_dir)
+    return {
+        "project": wcfg.project or env("WANDB_PROJECT") or "nanugpt",
+        "entity": wcfg.entity or env("WANDB_ENTITY") or None,
+        "name": wcfg.name or env("WANDB_NAME") or name,
+        "group": wcfg.group or env("WANDB_RUN_GROUP") or group,
+        "tags": run_tags(cfg),
+    }
 
 
 class Progress:
@@ -169,22 +196,22 @@ class WandbRun:
     """W&B for one run dir: config, summary, step metrics and artifacts; the run id is kept in
     the run dir so that a resumed run continues the same W&B run."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, summary: dict[str, Any]) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path, summary: dict[str, Any], artifacts: list[Path]) -> None:
         import wandb
 
         wcfg = cfg.logging.wandb
-        self.wandb, self.run_dir = wandb, run_dir
+        self.wandb, self.run_dir, self.log_checkpoints = wandb, run_dir, wcfg.log_checkpoints
         id_file = run_dir / RUN_ID_FILE
-        run_id = (id_file.read_text().strip() if id_file.is_file() else "") or secrets.token_hex(4)
+        # A resumed run keeps its id; a new one takes a W&B sweep agent's WANDB_RUN_ID when there is one.
+        run_id = (
+            (id_file.read_text().strip() if id_file.is_file() else "")
+            or os.environ.get("WANDB_RUN_ID")
+            or secrets.token_hex(4)
+        )
         atomic_write_bytes(id_file, f"{run_id}\n".encode())  # a crash mid-write must not leave an empty id
-        name, group = default_run_name(run_dir)
         self.run = wandb.init(
             mode=wandb_mode(wcfg.mode),
-            project=wcfg.project,
-            entity=wcfg.entity,
-            name=wcfg.name or name,
-            group=wcfg.group or group,
-            tags=list(wcfg.tags),
+            **wandb_init_args(cfg, run_dir),
             config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
             id=run_id,
             resume="allow",
@@ -193,7 +220,7 @@ class WandbRun:
         )
         self.run.define_metric("val/loss", summary="min")
         self.run.summary.update(summary)
-        self.log_files("config", [run_dir / "resolved_config.yaml", run_dir / "run_info.json"])
+        self.log_files("config", [run_dir / "resolved_config.yaml", run_dir / "run_info.json", *artifacts])
 
     def log_files(self, kind: str, paths: list[Path]) -> None:
         paths = [p for p in paths if p.is_file()]
@@ -207,7 +234,10 @@ class WandbRun:
         self.run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
     def finish(self, failed: bool = False) -> None:
-        self.log_files("checkpoint-log", [self.run_dir / "checkpoints" / "checkpoint_log.yaml"])
+        ckpt_dir = self.run_dir / "checkpoints"
+        self.log_files("checkpoint-log", [ckpt_dir / "checkpoint_log.yaml"])
+        if self.log_checkpoints:  # logging.wandb.log_checkpoints=true: the final weights, uploaded once
+            self.log_files("checkpoint", [ckpt_dir / "last.pt", ckpt_dir / "best.pt"])
         self.run.finish(exit_code=1 if failed else 0)
 
 
@@ -237,26 +267,24 @@ class RunObserver:
         if not self.enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        git = git_state(Path(__file__).resolve().parent)
         (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         info = {
-            "git_commit": git["commit"],
-            "git_dirty": git["dirty"],
             "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "host": socket.gethostname(),
-            "argv": sys.argv,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
             "start_step": start_step,
             "peak_flops_per_sec": self.peak,  # all devices
+            "tags": run_tags(cfg),
+            # which GPUs this job was given (hydra/launcher=local gives each concurrent job its own)
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             **summary,
         }
         (run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
-        dirty = " (dirty)" if git["dirty"] else ""
-        log.info("Run dir %s | git %s%s", run_dir, (git["commit"] or "unknown")[:12], dirty)
+        artifacts, env = write_run_artifacts(run_dir)  # command.sh, env.json, code.diff
+        code = env["code"]
+        dirty = " (dirty: code.diff)" if code["diff"] else ""
+        log.info("Run dir %s | git %s%s", run_dir, (code["git_commit"] or "unknown")[:12], dirty)
         self.metrics = MetricsFile(run_dir / "metrics.jsonl", truncate_after_step=start_step)
         if wandb_mode(cfg.logging.wandb.mode) != "disabled":
-            self.wandb = WandbRun(cfg, run_dir, summary)
+            self.wandb = WandbRun(cfg, run_dir, summary, artifacts)
         show_bar = cfg.logging.progress if cfg.logging.progress is not None else sys.stdout.isatty()
         self.progress = Progress(self.max_steps, start_step, bool(show_bar))
         atexit.register(self.close, failed=True)  # a crash still stops the bar and marks the W&B run failed

@@ -3,8 +3,9 @@
 Reads each run's `metrics.jsonl` (the source of truth), `.hydra/overrides.yaml` and `log.txt`,
 and writes into the directory (or `--out-dir`):
 
-    report.md            a table sorted by best val loss: overrides, status, steps, losses,
-                         tokens/s, and the first steps at which train/val accuracy reach 0.99
+    report.md            a table sorted by best val loss: overrides, tags (run_info.json's, when
+                         any run has some), status, steps, tokens seen, losses, tokens/s, and the
+                         first steps at which train/val accuracy reach 0.99
     loss_curves.png      train and val loss vs step, one colour per run
     accuracy_curves.png  train (solid) and val (dashed) accuracy vs step, one colour per run
 
@@ -15,6 +16,7 @@ accuracy); `--name grok` writes grok.md, grok_loss_curves.png and grok_accuracy_
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -40,6 +42,7 @@ class Run:
     max_steps: int | None
     status: str
     labels: dict[str, str] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
 
     def last(self, key: str) -> float | None:
         return next((r[key] for r in reversed(self.rows) if key in r), None)
@@ -107,7 +110,10 @@ def load_run(run_dir: Path, root: Path, stale_s: float) -> Run:
     rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     max_steps = read_max_steps(run_dir)
     name = str(run_dir.relative_to(root)) if run_dir != root else run_dir.name
-    return Run(name, run_dir, overrides, rows, max_steps, run_status(run_dir, rows, max_steps, stale_s))
+    info_file = run_dir / "run_info.json"
+    tags = (json.loads(info_file.read_text()).get("tags") or []) if info_file.is_file() else []
+    status = run_status(run_dir, rows, max_steps, stale_s)
+    return Run(name, run_dir, overrides, rows, max_steps, status, tags=[str(t) for t in tags])
 
 
 def label_runs(runs: list[Run]) -> list[str]:
@@ -129,15 +135,24 @@ def fmt(value: float | None, spec: str = ".4f") -> str:
     return "–" if value is None else format(value, spec)
 
 
+def fmt_tokens(tokens: int | None) -> str:
+    if tokens is None:
+        return "–"
+    return f"{tokens / 1e9:.2f}B" if tokens >= 1e9 else f"{tokens / 1e6:.2f}M" if tokens >= 1e6 else f"{tokens:,}"
+
+
 def table(runs: list[Run]) -> str:
     # The accuracy columns matter for algorithmic tasks (grokking); a language-model sweep never
     # reaches 0.99, so the columns would be all dashes.
     has_acc = any(run.first_step_reaching("train/acc") is not None for run in runs)
+    has_tags = any(run.tags for run in runs)  # the top-level `tags` list each run was given
     header = [
         "run",
         "overrides",
+        *(["tags"] if has_tags else []),
         "status",
         "steps",
+        "tokens",
         "best val loss (step)",
         "final val loss",
         "final train loss",
@@ -152,8 +167,10 @@ def table(runs: list[Run]) -> str:
         cells = [
             run.name,
             " ".join(f"`{k}={v}`" for k, v in run.labels.items()) or "–",
+            *([", ".join(run.tags) or "–"] if has_tags else []),
             run.status,
             f"{steps}/{run.max_steps}" if run.max_steps else str(steps),
+            fmt_tokens(run.last("run/tokens")),
             f"{best[0]:.4f} ({best[1]})" if best else "–",
             fmt(run.last("val/loss")),
             fmt(run.last("train/loss")),

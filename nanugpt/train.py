@@ -19,7 +19,7 @@ import shlex
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,10 +48,12 @@ from nanugpt.checkpoint import (
 from nanugpt.config import check_train_environment, register_configs, validate_train
 from nanugpt.data.build import build_data
 from nanugpt.data.contract import BatchSpec, Data
+from nanugpt.data.loader import RepeatedBatches
 from nanugpt.errors import CheckpointError, ConfigError, NonFiniteLossError, report_user_errors
+from nanugpt.memory import estimate_for_config
 from nanugpt.metrics import format_duration
 from nanugpt.models.with_loss import ModelWithLoss
-from nanugpt.observe import RunObserver, peak_flops
+from nanugpt.observe import RunObserver, peak_flops, peak_memory, weight_norm
 from nanugpt.optim import state_bytes
 from nanugpt.preemption import StopSignal
 from nanugpt.resume import log_config_changes, restore_optimizer_and_schedule, restore_scaler
@@ -139,35 +141,50 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo, stop: StopSignal
     observer = build_observer(cfg, run_dir, run, info, start_step)
     ckpt_dir, tokens_per_step = run_dir / "checkpoints", tcfg.global_batch_size * cfg.model.context_length
     clock, preempted = StepClock(), False
+    ckpt_clock = CheckpointClock(cfg.eval.checkpoint_every_minutes, cfg.eval.checkpoint_not_before_step)
+    checkpointing, time_phases_every = cfg.eval.checkpoint != "none", cfg.logging.time_phases_every
 
     # ---- the loop; `step` counts completed optimizer steps
     for step in range(start_step + 1, tcfg.max_steps + 1):
         step_start = time.perf_counter()
-        stats = train_step(run, info, tcfg.grad_clip, stop.requested)
+        time_phases = bool(time_phases_every) and step % time_phases_every == 0
+        # Ranks' clocks differ and a save is collective: rank 0's clock decides, its vote rides
+        # the step's all-reduce as the stop flag does, and every rank saves at the end of the step.
+        checkpoint_due = info.is_master and ckpt_clock.due(step)
+        stats = train_step(run, info, tcfg.grad_clip, stop.requested, checkpoint_due, time_phases)
         preempted = stats.stop  # a rank got SIGTERM/SIGUSR2/SIGINT: all finish this step, checkpoint, stop
         check_finite(stats, step, tcfg.skip_nonfinite, ckpt_dir)
         if step == start_step + 1:  # optimizers create their state on the first step
             log_optimizer_state(run)
         step_s, eta_s = clock.lap(step_start, steps_left=tcfg.max_steps - step)
-        row = train_row(stats, step, step_s, eta_s, tokens_per_step)
+        row = train_row(stats, step, step_s, eta_s, tokens_per_step, time_phases)
+        row.update(
+            {"run/elapsed_hr": ckpt_clock.elapsed_s() / 3600, "run/checkpoint_age_hr": ckpt_clock.age_s() / 3600}
+        )
 
         # evaluate every eval.every steps, at the last step, and before stopping on a signal
         is_last = step == tcfg.max_steps
         evaluating = step % cfg.eval.every == 0 or is_last or preempted
+        if evaluating or step % cfg.logging.every == 0:  # the console's steps; every rank (FSDP: collective)
+            row.update({"train/weight_norm": weight_norm(run.model), **peak_memory(info.device)})
         if evaluating:
             row.update(validate(run, info, stats.loss, step, ckpt_dir))
-            is_best = val_losses.record(row["val/loss"])
+            is_best = val_losses.record(row["val/loss"], step)
+            row.update({"run/best_val_loss": val_losses.best, "run/best_val_step": val_losses.best_step})
         if is_last and run.data.test is not None:  # once, in the final row: eval.test_iters batches
             row.update(evaluate(run.net, run.data.test, run.autocast, info, "test"))
 
         # The row before the checkpoint: a run killed in between redoes this step and rewrites
         # its row; the other order would resume after a step whose row was never written.
         observer.log_step(row, eta_s)  # metrics.jsonl, W&B, progress bar, console line
-        if evaluating and cfg.eval.checkpoint != "none":
-            save_state(cfg, run, info, ckpt_dir, step, val_losses, is_best)
+        if checkpointing and (evaluating or stats.checkpoint_due):
+            # a time-based save between evals has no val loss and never becomes best.pt
+            val_loss, best = (val_losses.last, is_best) if evaluating else (None, False)
+            save_state(cfg, run, info, ckpt_dir, step, val_losses, val_loss, best)
+            ckpt_clock.saved()
         if preempted:
             if info.is_master:  # the signal's own message: preempted, or Ctrl-C
-                log.warning(stop.message(step, run_dir, checkpointed=cfg.eval.checkpoint != "none"))
+                log.warning(stop.message(step, run_dir, checkpointed=checkpointing))
             break
 
     # ---- finish
@@ -197,6 +214,9 @@ def set_up_process(cfg: DictConfig, info: dist.DistInfo) -> tuple[BatchSpec, tor
     amp_dtype = autocast_dtype(tcfg.dtype, info.device)
     configure_matmul_precision(info.device)
     seed_everything(tcfg.seed)
+    # debug=anomaly: the first NaN in backward raises, naming its op and the forward line (slow);
+    # set either way, so a run after an anomaly run in the same process is not slowed down.
+    torch.autograd.set_detect_anomaly(tcfg.detect_anomaly)
     return spec, amp_dtype
 
 
@@ -385,9 +405,13 @@ def build_run(
     check_model_optimizer_schedule(cfg)
     if data is None:
         data = build_data(cfg, spec)
+    if cfg.training.overfit_batches:  # debug=overfit: the first steps' batches over and over
+        data.train = RepeatedBatches(data.train, cfg.training.overfit_batches)
     set_vocab_size(cfg, data.vocab_size)
-    model, net = build_model(cfg, loss_fn, info.device)
     parallel = parallel_mode(cfg, info)
+    if info.is_master:  # before the model takes any memory
+        log.info(estimate_for_config(cfg, parallel, info.world_size, amp_dtype).table())
+    model, net = build_model(cfg, loss_fn, info.device)
     net, optimizer = parallelize(cfg, model, net, info, parallel, amp_dtype)
     scheduler = build_scheduler(cfg, optimizer)
     if info.is_distributed:
@@ -437,15 +461,19 @@ def build_observer(cfg: DictConfig, run_dir: Path, run: Run, info: dist.DistInfo
 
 @dataclass
 class ValLosses:
-    """The best val loss (carried over by a resume: it decides best.pt) and this run's latest."""
+    """The best val loss and its step (carried over by a resume: it decides best.pt) and this
+    run's latest."""
 
     best: float = math.inf
+    best_step: int | None = None
     last: float | None = None
 
-    def record(self, loss: float) -> bool:
+    def record(self, loss: float, step: int) -> bool:
         """Note an eval's loss; returns whether it is the best so far."""
         is_best = loss < self.best
-        self.best, self.last = min(self.best, loss), loss
+        if is_best:
+            self.best, self.best_step = loss, step
+        self.last = loss
         return is_best
 
 
@@ -472,7 +500,8 @@ def resume(cfg: DictConfig, run_dir: Path, run: Run, info: dist.DistInfo) -> tup
     run.data.train.load_state_dict(ckpt["data"])
     restore_rng_state(ckpt["rng"], info.rank, info.world_size)
     log.info("Resumed from %s at step %d (best val loss %.4f)", path, ckpt["step"], ckpt["best_val_loss"])
-    return ckpt["step"], ValLosses(best=ckpt["best_val_loss"])
+    best_step = ckpt.get("best_val_step")  # untrusted, and absent from older checkpoints
+    return ckpt["step"], ValLosses(ckpt["best_val_loss"], best_step if isinstance(best_step, int) else None)
 
 
 def check_file_resumable(path: Path, ckpt: dict[str, Any], mode: str) -> None:
@@ -563,18 +592,54 @@ class StepStats:
     grad_norm: float  # global gradient norm before clipping
     lr: float  # the lr this step used (param group 0)
     stop: bool  # some rank asked to stop (SIGTERM/SIGUSR2/SIGINT): all stop after this step
+    checkpoint_due: bool  # rank 0's clock asked for a time-based checkpoint after this step
     nonfinite: bool  # loss or gradient not finite: the weights were not updated
-    data_s: float  # seconds spent waiting for this step's batches
+    phase_s: dict[str, float]  # seconds per phase (PhaseTimer); on a GPU exact only when synchronized
+
+    @property
+    def data_s(self) -> float:
+        """Seconds spent waiting for this step's batches."""
+        return self.phase_s["data"]
 
 
-def train_step(run: Run, info: dist.DistInfo, grad_clip: float, stop_requested: bool = False) -> StepStats:
+class PhaseTimer:
+    """Seconds per phase of one step: data, forward, backward, optimizer (the stats all-reduce,
+    clip, step, schedule). With `synchronize` on a GPU it waits for the device at the start and at
+    each phase's end, so each phase's kernels count in it: exact, but it stalls the pipeline."""
+
+    def __init__(self, device: torch.device, synchronize: bool) -> None:
+        self.device, self.synchronize = device, synchronize and device.type == "cuda"
+        self.seconds: dict[str, float] = {}
+        self.last = self._now()
+
+    def _now(self) -> float:
+        if self.synchronize:
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = self._now()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+        self.last = now
+
+
+def train_step(
+    run: Run,
+    info: dist.DistInfo,
+    grad_clip: float,
+    stop_requested: bool = False,
+    checkpoint_due: bool = False,
+    time_phases: bool = False,
+) -> StepStats:
     """One optimizer step: the micro-batches of one global batch (gradient accumulation, DDP
     all-reduce on the last one only), clip, step, schedule. The trainer and `nanugpt.bench` both
-    call this, so the benchmark times the code that trains."""
+    call this, so the benchmark times the code that trains. `stop_requested` and `checkpoint_due`
+    are this rank's votes, summed over ranks with the loss; `time_phases` synchronizes the GPU
+    between phases so that their seconds (`StepStats.phase_s`) are exact."""
     net, optimizer, scaler = run.net, run.optimizer, run.scaler
-    t = time.perf_counter()
+    timer = PhaseTimer(info.device, time_phases)
     micro_batches = run.data.train.next_step()
-    data_s = time.perf_counter() - t
+    timer.lap("data")
     accum = len(micro_batches)
     loss_sum = correct = scored = torch.zeros((), dtype=torch.float64, device=info.device)  # rebound, never in place
     for micro_step, (x, y) in enumerate(micro_batches):
@@ -583,11 +648,13 @@ def train_step(run: Run, info: dist.DistInfo, grad_clip: float, stop_requested: 
         sync = run.parallel not in ("ddp", "zero1") or micro_step == accum - 1
         with contextlib.nullcontext() if sync else net.no_sync(), run.autocast:
             loss, micro_correct, micro_scored = net(x, y)
+        timer.lap("forward")
         scaler.scale(loss / accum).backward()
         loss_sum = loss_sum + loss.detach().double()
         correct, scored = correct + micro_correct.double(), scored + micro_scored.double()
-    stop = torch.full((), float(stop_requested), dtype=torch.float64, device=info.device)
-    sums = dist.sum_over_ranks(info, loss=loss_sum, correct=correct, scored=scored, stop=stop)
+        timer.lap("backward")
+    votes = torch.tensor([stop_requested, checkpoint_due], dtype=torch.float64, device=info.device)
+    sums = dist.sum_over_ranks(info, loss=loss_sum, correct=correct, scored=scored, stop=votes[0], save=votes[1])
     train_loss = sums["loss"] / (accum * info.world_size)
     grad_norm = scaler.unscale_and_clip_(optimizer, run.model.parameters(), grad_clip).item()  # scaler= group
     # A NaN/inf loss or gradient would poison the weights: drop the gradients, so the optimizer
@@ -600,8 +667,9 @@ def train_step(run: Run, info: dist.DistInfo, grad_clip: float, stop_requested: 
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     run.scheduler.step()
+    timer.lap("optimizer")
     acc = sums["correct"] / (sums["scored"] or math.nan)  # nothing scored: NaN, not a ZeroDivisionError
-    return StepStats(train_loss, acc, grad_norm, lr, sums["stop"] > 0, nonfinite, data_s)
+    return StepStats(train_loss, acc, grad_norm, lr, sums["stop"] > 0, sums["save"] > 0, nonfinite, timer.seconds)
 
 
 def check_finite(stats: StepStats, step: int, skip_nonfinite: bool, ckpt_dir: Path) -> None:
@@ -647,8 +715,35 @@ class StepClock:
         return step_s, sec_per_step * steps_left
 
 
-def train_row(stats: StepStats, step: int, step_s: float, eta_s: float, tokens_per_step: int) -> dict[str, Any]:
-    """The step's metrics row (metrics.jsonl, W&B, the console line)."""
+@dataclass
+class CheckpointClock:
+    """Seconds since the loop started and since the last checkpoint (or the start): the rows'
+    `run/elapsed_hr` and `run/checkpoint_age_hr`, and whether eval.checkpoint_every_minutes asks
+    for a save after this step."""
+
+    every_minutes: float | None
+    not_before_step: int
+    start: float = field(default_factory=time.monotonic)
+    last_save: float = field(default_factory=time.monotonic)
+
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.start
+
+    def age_s(self) -> float:
+        return time.monotonic() - self.last_save
+
+    def due(self, step: int) -> bool:
+        return bool(self.every_minutes) and step >= self.not_before_step and self.age_s() >= self.every_minutes * 60
+
+    def saved(self) -> None:
+        self.last_save = time.monotonic()
+
+
+def train_row(
+    stats: StepStats, step: int, step_s: float, eta_s: float, tokens_per_step: int, time_phases: bool = False
+) -> dict[str, Any]:
+    """The step's metrics row (metrics.jsonl, W&B, the console line); with `time_phases`, the
+    step's seconds and their split into phases."""
     row: dict[str, Any] = {
         "step": step,
         "train/loss": stats.loss,
@@ -662,6 +757,9 @@ def train_row(stats: StepStats, step: int, step_s: float, eta_s: float, tokens_p
     }
     if stats.nonfinite:
         row["train/skipped_nonfinite"] = 1
+    if time_phases:
+        row["time/step_s"] = step_s
+        row.update({f"time/{phase}_s": seconds for phase, seconds in stats.phase_s.items()})
     return row
 
 
@@ -698,11 +796,19 @@ def validate(run: Run, info: dist.DistInfo, train_loss: float, step: int, ckpt_d
 
 
 def save_state(
-    cfg: DictConfig, run: Run, info: dist.DistInfo, ckpt_dir: Path, step: int, val_losses: ValLosses, is_best: bool
+    cfg: DictConfig,
+    run: Run,
+    info: dist.DistInfo,
+    ckpt_dir: Path,
+    step: int,
+    val_losses: ValLosses,
+    val_loss: float | None,
+    is_best: bool,
 ) -> None:
     """Everything `resume` restores, plus the config and data meta that `generate` rebuilds the
     model and tokenizer from. Every rank calls it (the RNG states, a ZeRO-1 optimizer and FSDP's
-    shards are collectives); rank 0 writes a file, or under FSDP every rank its shards."""
+    shards are collectives); rank 0 writes a file, or under FSDP every rank its shards. `val_loss`:
+    this step's (None for a time-based save)."""
     state = {
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict(),
@@ -710,20 +816,19 @@ def save_state(
         "rng": all_rng_states(),
         "step": step,
         "best_val_loss": val_losses.best,
+        "best_val_step": val_losses.best_step,
         "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         "data_meta": run.data.meta,
     }
     best = is_best and cfg.eval.checkpoint == "best_and_last"
     if run.parallel == "fsdp":
         tensors, state["optimizer_rest"] = sharded_state(run)
-        save_sharded_checkpoint(
-            ckpt_dir, tensors, state, step, val_losses.last, best, cfg.eval.keep_last, info.is_master
-        )
+        save_sharded_checkpoint(ckpt_dir, tensors, state, step, val_loss, best, cfg.eval.keep_last, info.is_master)
         return
     state["model"] = run.model.state_dict()
     state["optimizer"] = optimizer_state(run.optimizer, info, run.parallel == "zero1")
     if info.is_master:
-        save_checkpoint(ckpt_dir, state, step, val_losses.last, best, cfg.eval.keep_last)
+        save_checkpoint(ckpt_dir, state, step, val_loss, best, cfg.eval.keep_last)
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer, info: dist.DistInfo, zero1: bool) -> dict[str, Any]:
@@ -756,9 +861,10 @@ def nonfinite_error(what: str, step: int, ckpt_dir: Path, skippable: bool) -> No
 def finish_message(run_dir: Path, ckpt_dir: Path, val_losses: ValLosses, loop_start: float | None) -> None:
     elapsed = time.perf_counter() - loop_start if loop_start else 0.0
     log.info(
-        "Done in %s: best val loss %.4f, last %s. Run dir: %s",
+        "Done in %s: best val loss %.4f (step %s), last %s. Run dir: %s",
         format_duration(elapsed),
         val_losses.best,
+        val_losses.best_step,
         f"{val_losses.last:.4f}" if val_losses.last is not None else "n/a",
         run_dir,
     )

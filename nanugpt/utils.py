@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _create_temp_file(path: Path) -> tuple[int, Path]:
+    """A new, uniquely named file beside `path`, open for writing. Not tempfile.mkstemp: it
+    creates files 0600, and a checkpoint or a dataset should get the mode any new file gets here,
+    0666 less the umask (and a directory's default ACL), which the kernel applies to this open."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:  # 32 random bits taken by another writer: draw again
+            continue
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write through `write(file)` to a temp name beside `path`, fsync, then rename over it.
 
@@ -32,7 +44,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp_file(path)
     try:
         with os.fdopen(fd, mode) as f:
             write(f)

@@ -89,9 +89,15 @@ def plugin_args(group: str, option: str, **overrides: Any) -> dict[str, Any]:
 
 
 def run_cli(
-    module: str, *args: str, cwd: Path, env: dict | None = None, check: bool = True, timeout: float = 300
+    module: str,
+    *args: str,
+    cwd: Path,
+    env: dict | None = None,
+    check: bool = True,
+    timeout: float = 300,
+    umask: int = -1,
 ) -> subprocess.CompletedProcess:
-    """Run `python -m <module> args...` as a user would, returning its output."""
+    """Run `python -m <module> args...` as a user would (under `umask`, if given), returning its output."""
     proc = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
@@ -100,6 +106,7 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
+        umask=umask,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

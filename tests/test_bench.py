@@ -58,6 +58,13 @@ def test_bench_eval_reports_seconds_per_pass(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]
 
 
+def test_bench_memory_prints_estimate_and_measured_peak(tmp_path: Path) -> None:
+    rows = {row["what"]: row for row in run_bench("memory", tmp_path, "bench.world_size=2")["results"]}
+    peak = rows["peak total"]
+    assert peak["estimate_mib"] > 0 and peak["measured_mib"] > 0  # the process's RSS grew by the model's steps
+    assert {"ddp on 2 ranks, per rank", "zero1 on 2 ranks, per rank", "fsdp on 2 ranks, per rank"} <= set(rows)
+
+
 def test_bench_generate_compares_cache_and_recompute(tmp_path: Path) -> None:
     rows = run_bench("generate", tmp_path, "bench.new_tokens=50", "bench.batch_sizes=[1,2]")["results"]
     assert {(r["batch"], r["path"]) for r in rows} == {
@@ -84,13 +91,26 @@ def test_bench_prepare_compares_with_tiktoken(tmp_path: Path) -> None:
     for row in ours:
         assert row["tokens"] == raw["tokens"]  # the same tokens, however they are batched
         assert "overhead_pct" in row
+    for num_proc in (1, 2):  # the whole prepare: train and val tokenized apart, so merges at the cut may differ
+        assert by_name[f"nanugpt prepare gpt2 num_proc={num_proc}"]["tokens"] == pytest.approx(raw["tokens"], abs=2)
+        assert by_name[f"nanugpt prepare byte num_proc={num_proc}"]["tokens"] == by_name["byte (nanugpt)"]["tokens"]
 
 
 def test_prepare_without_a_rank_file_skips_tiktoken_cleanly(tmp_path: Path) -> None:
     out = tmp_path / "p.json"
     proc = run_cli("nanugpt.bench", "prepare", *TINY, *FAST, "bench.max_mb=0.05", f"bench.out={out}", cwd=tmp_path)
     assert "skipping tiktoken rows" in proc.stdout
-    assert [r["tokenizer"] for r in json.loads(out.read_text())["results"]] == ["byte (nanugpt)"]
+    assert [r["tokenizer"] for r in json.loads(out.read_text())["results"]] == [
+        "byte (nanugpt)",
+        "nanugpt prepare byte num_proc=1",
+        "nanugpt prepare byte num_proc=2",
+    ]
+
+
+def test_bench_loader_reports_tokens_per_s_against_an_h100(tmp_path: Path) -> None:
+    (row,) = run_bench("loader", tmp_path, "bench.loader_gb=0.01")["results"]
+    assert row["shards"] == 1 and row["batch"] == "2x8x32"  # bench.steps micro-batches of TINY's batch
+    assert row["tokens_per_s"] > 0 and row["x_h100_gpt2"] == pytest.approx(row["tokens_per_s"] / 0.5e6)
 
 
 def test_batched_tiktoken_encode_equals_one_encode(tmp_path: Path) -> None:

@@ -118,20 +118,26 @@ SCHEMA_BAD: dict[str, dict[str, list[str]]] = {
         "training.parallel": ["maybe", "fsdp2"],
         "training.activation_checkpointing": ["maybe"],
         "training.zero1": ["maybe"],  # removed; any valid value is refused by validate_train (test_fsdp.py)
+        "training.detect_anomaly": ["maybe"],
+        "training.overfit_batches": ["-1", "abc", "1.5"],
         "eval.every": ["0", "-100", "abc"],
         "eval.iters": ["0", "-1", "abc"],
         "eval.test_iters": ["-1", "abc"],
         "eval.checkpoint": ["best", "all"],
         "eval.keep_last": ["-1", "abc"],
+        "eval.checkpoint_every_minutes": ["-1", "nan", "abc"],
+        "eval.checkpoint_not_before_step": ["-1", "1.5", "abc"],
         "logging.every": ["0", "-1", "abc"],
         "logging.progress": ["maybe"],
         "logging.peak_tflops": ["0", "-1", "nan", "abc"],
+        "logging.time_phases_every": ["-1", "1.5", "abc"],
         "logging.wandb.mode": ["on", "1"],
         "logging.wandb.project": ["[a]"],
         "logging.wandb.entity": ["[a]"],
         "logging.wandb.name": ["[a]"],
         "logging.wandb.group": ["[a]"],
-        "logging.wandb.tags": ["5", "{{a:1}}"],
+        "tags": ["5", "{{a:1}}"],
+        "logging.wandb.log_checkpoints": ["maybe"],
         "paths.data_dir": ["''", "{file}", "{file}/sub", "[a]"],
         "paths.output_root": ["{file}", "[a]"],
         "paths.sweep_root": ["[a]"],  # an unusable sweep dir: test_errors.py (the multirun callback)
@@ -181,6 +187,7 @@ HUB_BAD = {
     "text_separator": ["5", "[a]"],
     "max_docs": ["0", "-1", "abc"],
     "shard_docs": ["0", "-1", "abc"],
+    "shard_tokens": ["0", "2147483648", "abc"],
     "num_proc": ["0", "-1", "abc"],
     "test_split": ["''", "[a]"],
     "cache_dir": ["''", "[a]"],
@@ -219,17 +226,24 @@ ADAMW_BAD = {
     "decay_all": ["maybe", "1"],
 }
 AMP_BAD = {"enabled": ["maybe", "1"], "init_scale": ["0", "abc"], "growth_interval": ["0", "1.5", "abc"]}
+PREPARE_BAD = {"shard_tokens": ["0", "2147483648", "abc"], "num_proc": ["0", "-1", "abc"]}
 PLUGIN_BAD: dict[str, dict[str, list[str]]] = {
-    "nanugpt.data.pystdlib.PyStdlibCorpus": {"val_fraction": FRACTION_BAD, "max_bytes": ["0", "-1", "abc"]},
+    "nanugpt.data.pystdlib.PyStdlibCorpus": {
+        "val_fraction": FRACTION_BAD,
+        "max_bytes": ["0", "-1", "abc"],
+        **PREPARE_BAD,
+    },
     "nanugpt.data.text.TextFiles": {
         "path": ["''", "[a]", "{missing}"],
         "val_fraction": FRACTION_BAD,
         "glob": ["''", "[a]", "nothing-matches-*"],
+        **PREPARE_BAD,
     },
     "nanugpt.data.shakespeare_char.TinyShakespeare": {
         "cache_dir": ["''", "[a]"],
         "local_path": ["''", "{missing}", "5"],
         "val_fraction": FRACTION_BAD,
+        **PREPARE_BAD,
     },
     "nanugpt.data.hub.HubDataset": HUB_BAD,
     "nanugpt.data.grokking.ModularArithmetic": {
@@ -491,6 +505,7 @@ def test_the_base_of_every_schema_row_is_accepted(entry, composed):
         (["sched=lr_range_test", "sched.min_lr=0.1", "sched.max_lr=0.01"], "sched.max_lr=0.01 .* > 0.1"),
         (["model.n_embd=30", "model.n_head=4"], "model.n_head=4 does not divide model.n_embd=30"),
         (["model=llama_tiny", "model.n_embd=36"], "model.n_head=4 gives heads of odd width"),
+        (["eval.checkpoint=none", "eval.checkpoint_every_minutes=30"], "but eval.checkpoint=none saves none"),
     ],
 )
 def test_values_that_only_conflict_together_are_named_together(overrides, message, composed):

@@ -12,6 +12,7 @@ gradient or a missing all-reduce fails.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from nanugpt.checkpoint import read_log
 from nanugpt.metrics import read_metrics
 from nanugpt.train import train
 
@@ -77,10 +79,15 @@ def single(tmp_path_factory) -> Path:
     return run_dir
 
 
+# Time-based checkpoints in the same launch: a minute value below one step's time makes every
+# step from 8 on due by rank 0's clock; steps 8-11 save between the evals at 6 and 12.
+TIME_SAVES = ["eval.checkpoint_every_minutes=1e-9", "eval.checkpoint_not_before_step=8", "eval.keep_last=20"]
+
+
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     run_dir = tmp_path_factory.mktemp("ddp") / "run"
-    return run_dir, torchrun(run_dir, data_dir_override(tmp_path_factory))
+    return run_dir, torchrun(run_dir, data_dir_override(tmp_path_factory), *TIME_SAVES)
 
 
 def assert_same_losses(a: Path, b: Path) -> None:
@@ -113,6 +120,19 @@ def test_only_rank_zero_writes_and_talks(ddp):
     assert ckpt["step"] == STEPS
     # rank 1 used rank 0's run dir: no second one appeared beside it
     assert [p.name for p in run_dir.parent.iterdir()] == [run_dir.name]
+
+
+@pytest.mark.slow
+def test_time_based_saves_are_collective(ddp):
+    """Rank 0's clock decides and both ranks save: each save gathers every rank's RNG state (a
+    collective that a rank skipping the save would leave hanging), between evals, without a val loss."""
+    run_dir, _ = ddp
+    log = {e["path"]: e for e in read_log(run_dir / "checkpoints")}
+    assert sorted(e["step"] for name, e in log.items() if name.startswith("step_")) == [6, 8, 9, 10, 11, 12]
+    assert [log[f"step_{s:07d}.pt"]["val_loss"] for s in (8, 9, 10, 11)] == [None] * 4
+    assert log["best.pt"]["step"] in (6, 12) and log["best.pt"]["val_loss"] is not None
+    ckpt = torch.load(run_dir / "checkpoints" / "step_0000009.pt", weights_only=True)
+    assert ckpt["step"] == 9 and len(ckpt["rng"]) == 2
 
 
 @pytest.mark.slow
@@ -168,3 +188,58 @@ def test_error_on_one_rank_ends_every_rank(tmp_path):
     assert procs[1].returncode != 0 and "not_a_dir" in outputs[1]
     assert procs[0].returncode != 0, outputs[0]
     assert elapsed < 120, f"rank 0 took {elapsed:.0f} s to notice (process-group timeout is 10 min)"
+
+
+LEAVE = """
+import datetime, sys, time
+import torch.distributed as td
+from nanugpt import dist
+td.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+rank = td.get_rank()
+if rank == 0:
+    time.sleep(3)  # rank 0's last checkpoint write
+entered = time.time()
+try:
+    dist.shutdown(failed=rank == 0 and sys.argv[1] == "rank0_failed")
+    outcome = "left"
+except RuntimeError as err:
+    outcome = "raised: " + str(err)
+print(f"{rank} {entered} {time.time()} {outcome}", flush=True)
+"""
+
+
+def leave_process_group(how: str) -> dict[int, tuple[float, float, str]]:
+    """Two gloo ranks call `nanugpt.dist.shutdown`, rank 0 three seconds after rank 1; for each rank:
+    when it entered shutdown, when it returned, and how."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", LEAVE, how],
+            env={**os.environ, "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+            | {"RANK": str(rank), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=100)[0] for p in procs]
+    lines = [line.split(" ", 3) for out in outputs for line in out.splitlines() if line[:2] in ("0 ", "1 ")]
+    assert len(lines) == 2, outputs
+    return {int(r): (float(entered), float(left), outcome) for r, entered, left, outcome in lines}
+
+
+def test_ranks_of_a_finished_run_leave_the_process_group_together():
+    """Rank 1, done first, waits for rank 0 instead of tearing down and exiting while it still works."""
+    ranks = leave_process_group("finished")
+    assert ranks[0][2] == ranks[1][2] == "left"
+    assert ranks[1][1] >= ranks[0][0], "rank 1 left before rank 0 had finished"
+
+
+def test_a_rank_that_fails_at_the_end_still_ends_its_peer_at_once():
+    """Rank 0 fails after rank 1 is already waiting to leave: rank 1 fails too, well within the timeout."""
+    ranks = leave_process_group("rank0_failed")
+    assert ranks[0][2] == "left" and ranks[1][2].startswith("raised: This rank finished training, but another")
+    assert ranks[1][1] - ranks[0][0] < 30, "rank 1 waited for the process-group timeout (120 s)"

@@ -53,14 +53,18 @@ def local(option: str, data_files: dict, builder: str, *extra: str) -> list[str]
 
 
 def test_tinystories_format_prepares_in_parallel_shards(tmp_path, parquet_stories):
-    cfg = compose_train(local("tinystories", parquet_stories, "parquet", "data.num_proc=2", "data.shard_docs=30"))
+    overrides = ["data.num_proc=2", "data.shard_docs=30", "data.shard_tokens=2000"]
+    cfg = compose_train(local("tinystories", parquet_stories, "parquet", *overrides))
     source = instantiate(cfg.data)
-    assert source.num_shards("train") == 4 and source.num_shards("val") == 1
+    assert len(list(source.pieces("train"))) == 4 and len(list(source.pieces("val"))) == 1
     data = prepare(source, ByteTokenizer(), tmp_path / "d", {"c": 1}, {})
     tok = ByteTokenizer()
-    # byte has no end-of-text token: documents are joined by the text separator, in order
-    assert tok.decode(data.splits["train"][0]) == "".join(s + "\n\n" for s in STORIES[:100])
-    assert tok.decode(data.splits["val"][0]) == "".join(s + "\n\n" for s in STORIES[100:])
+    # byte has no end-of-text token: documents are joined by the text separator, in order, across
+    # the shards of 2,000 tokens that 2 processes tokenized
+    train = data.splits["train"]
+    assert len(train) == 4 and [len(s) for s in train[:-1]] == [2000] * 3
+    assert tok.decode(np.concatenate(train)) == "".join(s + "\n\n" for s in STORIES[:100])
+    assert tok.decode(np.concatenate(data.splits["val"])) == "".join(s + "\n\n" for s in STORIES[100:])
     assert not (data.path / "partial").exists()
 
 
@@ -121,11 +125,11 @@ class CrashingSource(HubDataset):
         super().__init__(*args, **kwargs)
         self.crash_at, self.calls = crash_at, []
 
-    def tokenize_shard(self, tokenizer, split, index):
-        self.calls.append((split, index))
-        if (split, index) == ("train", self.crash_at):
+    def encode_piece(self, tokenizer, piece):
+        self.calls.append(STORIES.index(piece[0]) if piece[0] in STORIES else piece[0])  # its first document
+        if len(self.calls) == self.crash_at:
             raise KeyboardInterrupt("killed")
-        return super().tokenize_shard(tokenizer, split, index)
+        return super().encode_piece(tokenizer, piece)
 
 
 def test_interrupted_prepare_continues_from_finished_shards(tmp_path, parquet_stories):
@@ -135,41 +139,46 @@ def test_interrupted_prepare_continues_from_finished_shards(tmp_path, parquet_st
         path="parquet",
         data_files=parquet_stories,
         shard_docs=20,
+        shard_tokens=1000,  # 20 documents are ~1,300 chars: shards end inside pieces
         num_proc=1,
         cache_dir=str(tmp_path / "hf"),
     )
     make = lambda crash_at=None: CrashingSource(**args, crash_at=crash_at)
     tok_cfg = {"chars": None}
     with pytest.raises(KeyboardInterrupt):
-        prepare(make(crash_at=3), CharTokenizer(None), tmp_path / "d", {"c": 1}, tok_cfg)
+        prepare(make(crash_at=4), CharTokenizer(None), tmp_path / "d", {"c": 1}, tok_cfg)
     path = next(p for p in (tmp_path / "d").iterdir() if p.is_dir())
     assert not (path / "meta.json").exists()  # never looks complete
-    assert sorted(p.name for p in (path / "partial").glob("*.bin")) == [
-        "train-00000.bin",
-        "train-00001.bin",
-        "train-00002.bin",
-    ]
+    # 3 pieces of ~1,300 tokens made 3 whole shards; the 4th shard's temp file is gone
+    assert sorted(p.name for p in path.glob("*.bin*")) == ["train_000000.bin", "train_000001.bin", "train_000002.bin"]
     with pytest.raises(FileNotFoundError):
         load_prepared(path)
     resumed_source = make()
     resumed = prepare(resumed_source, CharTokenizer(None), tmp_path / "d", {"c": 1}, tok_cfg)
-    assert resumed_source.calls == [("train", 3), ("train", 4), ("val", 0)]  # only the unfinished shards
+    # from the piece the last finished shard ended in (its first tokens skipped), then on to val
+    assert resumed_source.calls == [40, 60, 80, 100]
     fresh = prepare(make(), CharTokenizer(None), tmp_path / "fresh", {"c": 1}, tok_cfg)
     for split in ("train", "val"):
-        assert np.array_equal(resumed.splits[split][0], fresh.splits[split][0])
+        assert resumed.meta["files"][split] == fresh.meta["files"][split]
+        assert all(np.array_equal(a, b) for a, b in zip(resumed.splits[split], fresh.splits[split], strict=True))
     assert resumed.meta["tokenizer_state"] == fresh.meta["tokenizer_state"]
 
 
 def test_interrupted_prepare_of_a_changed_source_restarts_cleanly(tmp_path, parquet_stories):
-    args = plugin_args("data", "tinystories", path="parquet", shard_docs=20, num_proc=1, cache_dir=str(tmp_path / "hf"))
+    args = plugin_args(
+        "data", "tinystories", path="parquet", shard_docs=20, shard_tokens=1000, num_proc=1, cache_dir=str(tmp_path)
+    )
     make = lambda files, crash_at=None: CrashingSource(**{**args, "data_files": files}, crash_at=crash_at)
     with pytest.raises(KeyboardInterrupt):
-        prepare(make(parquet_stories, crash_at=2), ByteTokenizer(), tmp_path / "d", {"c": 1}, {})
+        prepare(make(parquet_stories, crash_at=3), ByteTokenizer(), tmp_path / "d", {"c": 1}, {})
+    assert len(list((tmp_path / "d").glob("*/train_*.bin"))) == 2  # finished shards of the old text
     datasets.Dataset.from_dict({"text": [s.upper() for s in STORIES[:100]]}).to_parquet(parquet_stories["train"])
     source = make(parquet_stories)
     data = prepare(source, ByteTokenizer(), tmp_path / "d", {"c": 1}, {})
-    assert [c for c in source.calls if c[0] == "train"] == [("train", i) for i in range(5)]
-    assert ByteTokenizer().decode(data.splits["train"][0]) == "".join(s.upper() + "\n\n" for s in STORIES[:100])
+    assert source.calls[:5] == [s.upper() for s in STORIES[0:100:20]]  # every train piece again
+    assert ByteTokenizer().decode(np.concatenate(data.splits["train"])) == "".join(
+        s.upper() + "\n\n" for s in STORIES[:100]
+    )
 
 
 def test_hub_source_errors_name_the_bad_value(tmp_path, parquet_stories):
@@ -249,7 +258,7 @@ def test_prepare_killed_mid_way_resumes_to_the_same_tokens(tmp_path):
     datasets.Dataset.from_dict({"text": docs}).to_parquet(tmp_path / "train.parquet")
     datasets.Dataset.from_dict({"text": docs[:50]}).to_parquet(tmp_path / "validation.parquet")
     files = {"train": str(tmp_path / "train.parquet"), "validation": str(tmp_path / "validation.parquet")}
-    args = local("tinystories", files, "parquet", "data.shard_docs=10", "data.num_proc=1")
+    args = local("tinystories", files, "parquet", "data.shard_docs=10", "data.shard_tokens=2000", "data.num_proc=1")
     env = {**os.environ, "PYTHONPATH": str(REPO), "NANUGPT_DATA": str(tmp_path / "d")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "nanugpt.prepare", *args],
@@ -260,7 +269,7 @@ def test_prepare_killed_mid_way_resumes_to_the_same_tokens(tmp_path):
     )
     deadline = time.monotonic() + 120
     while (
-        not list((tmp_path / "d").glob("*/partial/train-0000[3-9].bin"))
+        not list((tmp_path / "d").glob("*/train_00000[3-9].bin"))
         and time.monotonic() < deadline
         and proc.poll() is None
     ):
@@ -269,11 +278,13 @@ def test_prepare_killed_mid_way_resumes_to_the_same_tokens(tmp_path):
     proc.wait()
     (path,) = [p for p in (tmp_path / "d").iterdir() if p.is_dir()]
     assert not (path / "meta.json").exists(), "killed too late: prepare had finished"
-    done_before = len(list((path / "partial").glob("*.bin")))
+    progress = json.loads((path / "partial" / "progress.json").read_text())
+    done_before = len(progress["splits"]["train"]["files"])
     out = run_cli("nanugpt.prepare", *args, cwd=REPO, env={"NANUGPT_DATA": str(tmp_path / "d")}).stdout
     assert f"Resuming an interrupted prepare: {done_before} finished shard(s)" in out
     resumed = load_prepared(path)
-    assert ByteTokenizer().decode(resumed.splits["train"][0]) == "".join(d + "\n\n" for d in docs)
+    assert len(resumed.splits["train"]) > done_before
+    assert ByteTokenizer().decode(np.concatenate(resumed.splits["train"])) == "".join(d + "\n\n" for d in docs)
     assert not (path / "partial").exists()
 
 
@@ -288,3 +299,12 @@ def test_prepare_cli_trains_a_bpe_that_training_then_reuses(tmp_path):
     train(cfg, tmp_path / "run")
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["data_meta"]["seconds"] == meta["seconds"]  # the prepared copy, not a second one
+
+
+def test_local_text_files_not_in_utf8_are_refused_with_file_and_offset(tmp_path):
+    (tmp_path / "train.txt").write_text("one upon a time\n" * 20)
+    (tmp_path / "validation.txt").write_bytes("the end\nna\u00efve\n".encode("latin-1"))
+    files = {"train": str(tmp_path / "train.txt"), "validation": str(tmp_path / "validation.txt")}
+    source = instantiate(compose_train(local("tinystories", files, "text", "data.num_proc=1")).data)
+    with pytest.raises(ConfigError, match=r"validation.txt is not valid utf-8: byte ef at offset 10 \(line 2\)"):
+        prepare(source, CharTokenizer(None), tmp_path / "d", {}, {})

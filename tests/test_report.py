@@ -55,8 +55,9 @@ def test_sweep_report_table_is_sorted_by_best_val_loss(sweep, tmp_path):
         job = row[0]
         assert row[1] == f"`optim.lr={LRS[int(job)]}`"  # only the override that varies
         assert row[2] == "finished" and row[3] == "30/30"
-        assert row[4].startswith(f"{best[job]:.4f} (")
-        assert len(row) == 8  # no accuracy-threshold columns: no run reached 0.99
+        assert row[4] == f"{30 * 8 * 32:,}"  # tokens seen: steps x global batch x context
+        assert row[5].startswith(f"{best[job]:.4f} (")
+        assert len(row) == 9  # no accuracy-threshold columns: no run reached 0.99
     assert "Common overrides: " in report.read_text() and "`training.max_steps=30`" in report.read_text()
     for png in ("loss_curves.png", "accuracy_curves.png"):
         assert tab10_colors_in(sweep / png) == 2, png  # one line per run
@@ -111,7 +112,7 @@ def test_accuracy_threshold_columns(tmp_path):
     report, _ = write_report(run)
     [row] = table_rows(report)
     assert row[-2:] == ["50", "80"]  # train/acc reaches 0.99 at step 50 (49.5 rounds up), val/acc at 80
-    assert row[4] == "1.0000 (100)"
+    assert row[4] == "–" and row[5] == "1.0000 (100)"  # no run/tokens in these rows
 
 
 def test_report_on_a_dir_without_runs_says_what_it_expects(tmp_path):

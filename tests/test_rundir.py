@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from nanugpt.checkpoint import load_checkpoint, read_log
 from nanugpt.metrics import read_metrics
 from nanugpt.train import train
@@ -86,3 +88,27 @@ def test_a_run_cleans_temp_files_of_killed_writes_even_with_no_step_left(tmp_pat
     train(compose_train([*TINY, "training.max_steps=2", "eval.every=2", "eval.iters=1"]), tmp_path)
     assert not [p for p in stale if p.exists()]
     assert read_log(ckpt_dir) == log_before  # nothing was saved: there was no step left
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_every_file_a_run_writes_gets_the_mode_a_plain_open_gives(tmp_path, umask):
+    """0666 less the umask, so the user's group reads what the umask lets it: atomic_write once made
+    checkpoints, metadata, the prepared cache and the sweep summary 0600 (tempfile.mkstemp's mode)."""
+    sweep_dir, data_dir = tmp_path / "sweep", tmp_path / "data"
+    args = [*TINY, "data.max_bytes=20000", "training.max_steps=2", "eval.every=1", "eval.iters=1"]
+    env = {"NANUGPT_DATA": str(data_dir)}
+    run_cli("nanugpt.train", "-m", *args, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, env=env, umask=umask)
+    run_cli("nanugpt.report", str(sweep_dir), cwd=tmp_path, umask=umask)
+
+    written = [p for root in (sweep_dir, data_dir) for p in root.rglob("*")]
+    names = {p.name for p in written}
+    for name in ("step_0000002.pt", "last.pt", "best.pt", "checkpoint_log.yaml", "metrics.jsonl", "run_info.json"):
+        assert name in names
+    for name in ("summary.jsonl", "report.md", "loss_curves.png", "meta.json", "train.bin", "val.bin"):
+        assert name in names
+    wrong = {
+        str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777)
+        for p in written
+        if p.stat().st_mode & 0o777 != (0o777 if p.is_dir() else 0o666) & ~umask
+    }
+    assert not wrong, f"modes under umask {umask:04o}: {wrong}"

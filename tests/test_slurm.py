@@ -24,6 +24,7 @@ from nanugpt.checkpoint import read_log
 from nanugpt.metrics import read_metrics
 
 from .conftest import REPO, TINY
+from .test_ddp import DDP_TINY, assert_same_losses, data_dir_override, single  # noqa: F401 (single: a fixture)
 
 CLUSTER = REPO / "launch" / "slurm" / "local_cluster.sh"
 DEFAULT_CONF = Path(os.environ.get("NANUGPT_SLURM_DIR", "/tmp/nanugpt-slurm")) / "slurm.conf"
@@ -223,3 +224,59 @@ def test_sbatch_template_runs_torchrun_ddp(slurm, tmp_path):
     assert "global batch 8 = 2 device x 2 ranks x 2 accum" in (run_dir / "log.txt").read_text(), outputs
     assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == list(range(1, steps + 1))
     assert (run_dir / "checkpoints" / "last.pt").is_file()
+
+
+# The parallel modes the two-node test runs, each as the override that selects it: a new mode is one line.
+PARALLEL_OVERRIDES = {
+    "ddp": "training.parallel=ddp",
+    "fsdp": "training.parallel=fsdp",
+}
+
+
+def rendezvous_lines() -> str:
+    """The sbatch template's rendezvous block, between its markers."""
+    text = (REPO / "launch" / "slurm" / "train.sbatch").read_text()
+    return text.split("# ---- rendezvous", 1)[1].split("# ---- end rendezvous", 1)[0].split("\n", 1)[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", list(PARALLEL_OVERRIDES))
+def test_sbatch_rendezvous_two_agents_match_one_process(slurm, single, parallel, tmp_path, tmp_path_factory):  # noqa: F811
+    """Two nodes on this one host: the template's rendezvous lines run in a fake two-node
+    allocation (what Slurm sets on each node; `scontrol show hostnames` is real), and each of the
+    two agents they make is started as srun would start it on its node: `torchrun --nnodes=2
+    --nproc_per_node=1 --rdzv_backend=c10d`. The 2 ranks train the same per-step losses as one
+    process (and so as one node with 2 ranks, tests/test_ddp.py)."""
+    job_id = str(40000 + os.getpid() % 10000)
+    script = tmp_path / "agent.sh"
+    script.write_text(f'set -euo pipefail\n{rendezvous_lines()}\nexec "${{AGENT[@]}}" -m nanugpt.train "$@"\n')
+    run_dir = tmp_path / "run"
+    overrides = [
+        *DDP_TINY,
+        data_dir_override(tmp_path_factory),
+        PARALLEL_OVERRIDES[parallel],
+        f"hydra.run.dir={run_dir}",
+    ]
+    allocation = {"SLURM_JOB_NODELIST": "localhost,localhost", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_ID": job_id}
+    agents = [
+        subprocess.Popen(
+            ["bash", str(script), *overrides],
+            cwd=tmp_path,
+            env={
+                **os.environ,
+                **slurm,
+                **allocation,
+                "SLURM_NODEID": str(node),
+                "NPROC_PER_NODE": "1",
+                "PYTHONPATH": str(REPO),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    outputs = [agent.communicate(timeout=300)[0] for agent in agents]
+    assert [a.returncode for a in agents] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    assert "global batch 8 = 2 device x 2 ranks x 2 accum" in (run_dir / "log.txt").read_text()
+    assert_same_losses(single, run_dir)

@@ -13,9 +13,10 @@ from pathlib import Path
 from wandb.proto import wandb_internal_pb2
 
 from nanugpt.metrics import read_metrics
-from nanugpt.observe import RUN_ID_FILE, default_run_name, wandb_mode
+from nanugpt.observe import RUN_ID_FILE, default_run_name, wandb_init_args, wandb_mode
+from nanugpt.report import write_report
 
-from .conftest import TINY, run_cli
+from .conftest import TINY, compose_train, run_cli
 
 BLOCK = 32768  # LevelDB log block size
 
@@ -69,7 +70,8 @@ def test_offline_run_logs_config_summary_steps_artifacts_and_resumes_into_the_sa
         "logging.wandb.mode=offline",
         "logging.wandb.project=nanugpt-test",
         "logging.wandb.group=lr-sweep",
-        "logging.wandb.tags=[tiny,ci]",
+        "tags=[tiny,ci]",
+        "logging.wandb.log_checkpoints=true",
         f"hydra.run.dir={run_dir}",
     ]
     run_cli("nanugpt.train", *args, "training.max_steps=20", cwd=tmp_path, env=env)
@@ -102,6 +104,13 @@ def test_offline_run_logs_config_summary_steps_artifacts_and_resumes_into_the_sa
     assert artifacts[f"checkpoint-log-{run_id}"].type == "checkpoint-log"
     files = {e.path for e in artifacts[f"checkpoint-log-{run_id}"].manifest.contents}
     assert files == {"checkpoint_log.yaml"}
+    # the run's provenance with its config; the final checkpoints (logging.wandb.log_checkpoints=true)
+    files = {e.path for e in artifacts[f"config-{run_id}"].manifest.contents}
+    assert {"resolved_config.yaml", "run_info.json", "command.sh", "env.json"} <= files
+    assert files - {"code.diff"} == {"resolved_config.yaml", "run_info.json", "command.sh", "env.json"}
+    assert artifacts[f"checkpoint-{run_id}"].type == "checkpoint"
+    files = {e.path: e.size for e in artifacts[f"checkpoint-{run_id}"].manifest.contents}
+    assert files == {name: (run_dir / "checkpoints" / name).stat().st_size for name in ("last.pt", "best.pt")}
 
     # Resume: the same run dir continues the same W&B run from the checkpoint's step.
     run_cli("nanugpt.train", *args, "training.max_steps=30", cwd=tmp_path, env=env)
@@ -139,3 +148,61 @@ def test_a_disabled_run_writes_no_wandb_files(tmp_path):
         env=env,
     )
     assert not (tmp_path / "wandb_dir").exists() and not (run_dir / RUN_ID_FILE).exists()
+
+
+WANDB_ENV = {
+    "WANDB_PROJECT": "env-project",
+    "WANDB_ENTITY": "env-entity",
+    "WANDB_NAME": "env-name",
+    "WANDB_RUN_GROUP": "env-group",
+    "WANDB_TAGS": "env-a,env-b",
+}
+
+
+def test_wandb_settings_come_from_the_command_line_then_wandbs_variables_then_nanugpts_defaults(tmp_path, monkeypatch):
+    run_dir = tmp_path / "2026-01-02" / "03-04-05"
+    for name in WANDB_ENV:
+        monkeypatch.delenv(name, raising=False)
+    defaults = wandb_init_args(compose_train(), run_dir)
+    assert defaults == {"project": "nanugpt", "entity": None, "name": "2026-01-02/03-04-05", "group": None, "tags": []}
+
+    for name, value in WANDB_ENV.items():
+        monkeypatch.setenv(name, value)
+    from_env = wandb_init_args(compose_train(), run_dir)
+    assert from_env == {
+        "project": "env-project",
+        "entity": "env-entity",
+        "name": "env-name",
+        "group": "env-group",
+        "tags": ["env-a", "env-b"],
+    }
+
+    cli = [f"logging.wandb.{k}=cli-{k}" for k in ("project", "entity", "name", "group")] + ["tags=[cli]"]
+    from_cli = wandb_init_args(compose_train(cli), run_dir)
+    assert from_cli == {
+        "project": "cli-project",
+        "entity": "cli-entity",
+        "name": "cli-name",
+        "group": "cli-group",
+        "tags": ["cli"],
+    }
+    assert wandb_init_args(compose_train(["tags=[]"]), run_dir)["tags"] == []  # an explicit empty list wins too
+
+
+def test_wandbs_variables_reach_the_offline_run_and_the_tags_reach_run_info_and_the_report(tmp_path):
+    run_dir, wandb_dir = tmp_path / "run", tmp_path / "wandb_dir"
+    env = {"WANDB_DIR": str(wandb_dir), "WANDB_SILENT": "true", "WANDB_MODE": "offline", **WANDB_ENV}
+    run_cli("nanugpt.train", *TINY, "training.max_steps=2", f"hydra.run.dir={run_dir}", cwd=tmp_path, env=env)
+
+    [run] = of_type(records(offline_runs(wandb_dir)[0]), "run")
+    assert (run.project, run.entity, run.display_name, run.run_group) == (
+        "env-project",
+        "env-entity",
+        "env-name",
+        "env-group",
+    )
+    assert list(run.tags) == ["env-a", "env-b"]
+    assert json.loads((run_dir / "run_info.json").read_text())["tags"] == ["env-a", "env-b"]
+    report, _ = write_report(run_dir)
+    header, _, row = report.read_text().splitlines()[2:5]
+    assert "| tags |" in header and "| env-a, env-b |" in row

@@ -16,6 +16,7 @@ are only as good as the machine is quiet: say how loaded it was.
     python -m nanugpt.bench eval
     python -m nanugpt.bench speedrun data.local_path=/path/to/tinyshakespeare.txt bench.repeats=5
     python -m nanugpt.bench gpu bench.dry_run=true                 # the GPU check, at toy size on a CPU
+    python -m nanugpt.bench memory model=gpt2_124m bench.synthetic=true   # estimate vs measured peak
 
 A new benchmark is one function `(cfg) -> Result` in a module here, one entry in
 `__main__.BENCHMARKS`, and its options (if any) as BenchConfig fields.

@@ -14,6 +14,8 @@ from nanugpt.bench.common import Result, report
 from nanugpt.bench.eval import bench_eval
 from nanugpt.bench.generate import bench_generate
 from nanugpt.bench.gpu import bench_gpu
+from nanugpt.bench.loader import bench_loader
+from nanugpt.bench.memory import bench_memory
 from nanugpt.bench.prepare import bench_prepare
 from nanugpt.bench.speedrun import bench_speedrun
 from nanugpt.bench.train import bench_train
@@ -27,8 +29,10 @@ BENCHMARKS: dict[str, Callable[[DictConfig], Result | None]] = {
     "eval": bench_eval,
     "generate": bench_generate,
     "prepare": bench_prepare,
+    "loader": bench_loader,
     "speedrun": bench_speedrun,
     "gpu": bench_gpu,
+    "memory": bench_memory,
 }
 
 

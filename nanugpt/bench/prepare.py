@@ -1,8 +1,10 @@
 """`python -m nanugpt.bench prepare`: MB/s of text to token array, nanugpt's tokenizers against
-tiktoken's own batch encode."""
+tiktoken's own batch encode, and the whole `prepare` (read, tokenize on 1 and 2 processes, write
+shards) on the same text."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from nanugpt.bench.common import Result
+from nanugpt.data.prepared import prepare
+from nanugpt.data.text import TextFiles
 from nanugpt.tokenizers.byte import ByteTokenizer
 
 
@@ -22,8 +26,7 @@ def bench_prepare(cfg: DictConfig) -> Result:
     """MB/s of text -> token array: our tokenizers (what nanugpt.prepare calls) vs tiktoken's own
     encode_ordinary_batch on the same text."""
     bench = cfg.bench
-    text = "".join(instantiate(cfg.data).splits().values())
-    text = text[: int(bench.max_mb * 1e6)]
+    text = instantiate(cfg.data).text[: int(bench.max_mb * 1e6)]
     mb = len(text.encode("utf-8")) / 1e6
     rows = []
 
@@ -63,7 +66,27 @@ def bench_prepare(cfg: DictConfig) -> Result:
         ]:
             rows.append(timed(name, fn))
             rows[-1]["overhead_pct"] = 100 * (rows[-1]["sec"] - raw) / raw
+        gpt2 = SimpleNamespace(name="gpt2", vocab_size=enc.n_vocab, encode=lambda t: TiktokenTokenizer.encode(ours, t))
+        for num_proc in (1, 2):
+            rows.append(timed(f"nanugpt prepare gpt2 num_proc={num_proc}", whole_prepare(text, gpt2, num_proc)))
+            rows[-1]["x_raw"] = raw / rows[-1]["sec"]
+    for num_proc in (1, 2):
+        rows.append(timed(f"nanugpt prepare byte num_proc={num_proc}", whole_prepare(text, byte, num_proc)))
     return Result(torch.device("cpu"), rows)
+
+
+def whole_prepare(text: str, tokenizer: Any, num_proc: int) -> Callable[[], int]:
+    """`prepare` from a text file to shards on disk, forced each time: the command's own path."""
+
+    def run() -> int:
+        with tempfile.TemporaryDirectory(prefix="nanugpt-bench-prepare-") as tmp:
+            corpus = Path(tmp) / "corpus.txt"
+            corpus.write_text(text, encoding="utf-8")
+            source = TextFiles(str(corpus), 0.1, "**/*", "utf-8", shard_tokens=None, num_proc=num_proc)
+            data = prepare(source, tokenizer, Path(tmp) / "data", {}, {}, force=True)
+            return sum(data.meta["num_tokens"].values())
+
+    return run
 
 
 def load_tiktoken_file(path: str | None) -> Any:

@@ -100,8 +100,8 @@ class TokenSplits:
     """A token-stream corpus: each split a list of 1-D token arrays (shards, memory-mapped).
 
     What the prepared-text cache and pre-tokenized shard files both load as. A window of the
-    loader never crosses a shard boundary, so shards can be separate files (llm.c, modded-
-    nanogpt) or one concatenated file (today's prepared `train.bin`).
+    loader never crosses a shard boundary, so a split can be many files (llm.c, modded-nanogpt,
+    the prepared cache's `train_000000.bin`, ...) or one (nanoGPT's `train.bin`).
     """
 
     splits: dict[str, list[np.ndarray]]  # "train", "val", and "test" where the data has one

@@ -1,8 +1,8 @@
 """Data sets through Hugging Face `datasets`: tinystories, wikitext103, openwebtext, fineweb_edu_10b, fineweb_10b,
 or any hub id / local files (`data.path=parquet data.data_files=...`) with a text column.
 
-Prepare tokenizes one shard of `shard_docs` documents at a time with `Dataset.map(batched=True,
-num_proc=...)` and writes it to disk before the next, so a corpus larger than memory streams
+Prepare reads each split in pieces of `shard_docs` documents, tokenizes them on `num_proc`
+processes, and writes shards of `shard_tokens` tokens, so a corpus larger than memory streams
 through, and an interrupted prepare continues from its last finished shard.
 """
 
@@ -11,23 +11,26 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import math
 import os
 import socket
 import urllib.parse
 import urllib.request
+from collections import deque
 from collections.abc import Iterator, Mapping
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import ListConfig, OmegaConf
 
+from nanugpt.data.source import check_prepare_options, decoded_chunks
 from nanugpt.errors import ConfigError, UnavailableInputError, check_value
 from nanugpt.tokenizers.base import Tokenizer, eot_id
 
 SPLIT_SEED = 2357  # nanoGPT's openwebtext val split seed
 HUB_PROBE_TIMEOUT_S = 10.0
+TEXT_BUILDERS = ("text", "csv", "json")  # `datasets` builders that read local files as UTF-8 text
 
 
 def check_hub_reachable(endpoint: str) -> None:
@@ -88,6 +91,7 @@ class HubDataset:
         text_separator: str,
         max_docs: int | None,
         shard_docs: int,
+        shard_tokens: int | None,
         num_proc: int | None,
         cache_dir: str | None,
     ) -> None:
@@ -117,7 +121,6 @@ class HubDataset:
             )
         check_value("data.max_docs", max_docs, int, ge=1, null="every document")
         check_value("data.shard_docs", shard_docs, int, ge=1)
-        check_value("data.num_proc", num_proc, int, ge=1, null="all cores but one")
         check_value("data.cache_dir", cache_dir, str, null="the Hugging Face default, under HF_HOME")
         self.name, self.path, self.hub_config, self.revision = name, path, hub_config, revision
         # hydra passes nested config as DictConfig; datasets and the fingerprint want plain values
@@ -129,7 +132,7 @@ class HubDataset:
         self.split_names = ("train", "val", "test") if test_split else ("train", "val")
         self.text_field, self.eot_between_docs, self.text_separator = text_field, eot_between_docs, text_separator
         self.max_docs, self.shard_docs = max_docs, shard_docs
-        self.num_proc = num_proc or max(1, (os.cpu_count() or 2) - 1)
+        self.shard_tokens, self.num_proc = check_prepare_options(shard_tokens, num_proc)
         self.cache_dir = cache_dir
 
     def fingerprint(self) -> str:
@@ -167,6 +170,7 @@ class HubDataset:
                 num_proc=self.num_proc,
             )
         except Exception as err:  # the hub client raises many kinds; all mean "could not load"
+            self._refuse_undecodable_local_file(err)
             where = f"{self.path!r}" + (f" (config {self.hub_config!r})" if self.hub_config else "")
             raise UnavailableInputError(
                 f"Could not load the data set {where} for data={self.name}: {type(err).__name__}: {err}. "
@@ -176,6 +180,21 @@ class HubDataset:
                 "the Hugging Face cache; or load local copies with data.path=parquet (or json, arrow) "
                 "data.data_files=/path/to/files."
             ) from None
+
+    def _refuse_undecodable_local_file(self, err: BaseException) -> None:
+        """A text, CSV or JSON builder stops at the first byte that is not UTF-8 with a message that
+        names neither the file nor the offset (a DatasetGenerationError wraps the UnicodeDecodeError):
+        find the file and say where."""
+        while err is not None and not isinstance(err, UnicodeDecodeError):
+            err = err.__cause__ or err.__context__
+        if err is None or self.path not in TEXT_BUILDERS:
+            return
+        fix = (
+            f"The {self.path} builder reads UTF-8 only: convert it (e.g. iconv -f latin1 -t utf-8 in.txt > out.txt), "
+            "or leave it out of data.data_files."
+        )
+        for file in local_files(self.data_files):
+            deque(decoded_chunks(Path(file), "utf-8", fix), maxlen=0)  # raises at the first bad byte
 
     def _check_hub_reachable(self) -> None:
         """One connection attempt instead of the client's retries; skipped for local files and in
@@ -233,24 +252,12 @@ class HubDataset:
         for start in range(0, len(docs), 1000):
             yield "".join(t + self.text_separator for t in docs[start : start + 1000][self.text_field])
 
-    def num_shards(self, split: str) -> int:
-        return max(1, math.ceil(len(self.splits[split]) / self.shard_docs))
-
-    def tokenize_shard(self, tokenizer: Tokenizer, split: str, index: int) -> np.ndarray:
+    def pieces(self, split: str) -> Iterator[list[str]]:
         docs = self.splits[split]
-        shard = docs.select(range(index * self.shard_docs, min(len(docs), (index + 1) * self.shard_docs)))
-        if len(shard) == 0:
-            return np.zeros(0, dtype=np.int64)
+        for start in range(0, len(docs), self.shard_docs):
+            yield docs[start : start + self.shard_docs][self.text_field]
+
+    def encode_piece(self, tokenizer: Tokenizer, piece: list[str]) -> np.ndarray:
         eot, separator = self._separator(tokenizer)
-        tokenized = shard.map(
-            encode_docs,
-            batched=True,
-            num_proc=min(self.num_proc, len(shard)) if self.num_proc > 1 else None,
-            remove_columns=shard.column_names,
-            fn_kwargs={"tokenizer": tokenizer, "text_field": self.text_field, "eot": eot, "separator": separator},
-            keep_in_memory=True,  # the shard file prepare writes is the only copy we keep
-            new_fingerprint=hashlib.sha256(f"{self.fingerprint()}-{split}-{index}".encode()).hexdigest()[:16],
-            desc=f"tokenizing {split} shard {index + 1}/{self.num_shards(split)}",
-        )
-        column = tokenized.data.column("ids")
-        return np.concatenate([np.zeros(0, np.int64)] + [chunk.flatten().to_numpy() for chunk in column.chunks])
+        ids = encode_docs({"text": piece}, tokenizer, "text", eot, separator)["ids"]
+        return np.concatenate([np.zeros(0, np.int64), *ids])

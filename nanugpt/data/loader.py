@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nanugpt.data.contract import Batch, BatchSpec
+from nanugpt.data.contract import Batch, BatchSpec, TrainBatches
 from nanugpt.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,26 @@ class RandomWindowBatches:
             )
         self.generator.set_state(state["generator"])
         self._resume_state = self.generator.get_state()
+
+
+class RepeatedBatches:
+    """debug=overfit (`training.overfit_batches=n`): any train batch source's first n steps, over
+    and over. The cycle is drawn again from the seed on resume, so the state is the position in it."""
+
+    def __init__(self, batches: TrainBatches, num_steps: int) -> None:
+        self.cycle = [batches.next_step() for _ in range(num_steps)]
+        self.position = 0
+
+    def next_step(self) -> list[Batch]:
+        step = self.cycle[self.position % len(self.cycle)]
+        self.position += 1
+        return step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = int(state["position"])
 
 
 def fixed_eval_batches(windows: TokenWindows, spec: BatchSpec, num_batches: int, seed: int = 1234) -> list[Batch]:

@@ -1,22 +1,24 @@
-"""Prepared data: a corpus tokenized once into flat memmap token arrays plus `meta.json`.
+"""Prepared data: a corpus tokenized once into llm.c-format token shards plus `meta.json`.
 
 Layout of one prepared directory (keyed by the data + tokenizer config, so a changed tokenizer
 never reuses stale tokens):
 
-    <data_dir>/<source>-<tokenizer>-<hash>/train.bin   flat token ids (uint16 or uint32)
-                                          /val.bin
-                                          /test.bin     where the source has a test split
-                                          /meta.json    written last: its presence means complete
-                                          /partial/     shards of an unfinished prepare (resumable)
+    <data_dir>/<source>-<tokenizer>-<hash>/train_000000.bin  shards of data.shard_tokens tokens
+                                          /train_000001.bin  (llm.c header, uint16 or uint32)
+                                          /val_000000.bin
+                                          /test_000000.bin   where the source has a test split
+                                          /meta.json         written last: its presence means complete
+                                          /partial/          progress of an unfinished prepare (resumable)
+
+The shards are the format `data=shards` reads (`shards.read_shard`), read back by the same
+reader; nothing is concatenated, so a 10B-token corpus is written once. Tokenizing runs on
+`num_proc` processes with at most two pieces per process in flight, so memory is bounded by the
+pieces in flight whatever the corpus size (shards stream to disk as tokens arrive).
 
 Every file is written to a temp name, fsynced and renamed, and concurrent preparers (DDP ranks,
 sweep jobs) serialise on a lock file, so a crash or a race never leaves a half-written dataset.
 A complete, current directory is read without the lock, so it also works on read-only storage;
-a corrupt one (a truncated .bin, a torn meta.json) is named and prepared again.
-
-Each split loads as a list of shards (`contract.TokenSplits`), here one per split. Writing the
-`partial/` shards as the final files instead of concatenating them needs only `meta.json` to
-list each split's files and `load_prepared` to map each of them.
+a corrupt one (a truncated shard, a torn meta.json) is named and prepared again.
 """
 
 from __future__ import annotations
@@ -24,11 +26,17 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
+import multiprocessing
+import os
 import shutil
+import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,14 +45,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nanugpt.data.contract import TokenSplits
+from nanugpt.data.shards import HEADER_BYTES, read_shard, shard_header
 from nanugpt.data.source import TokenSource
-from nanugpt.errors import UserError
+from nanugpt.errors import ConfigError, UserError
 from nanugpt.tokenizers.base import Tokenizer, is_fitted_kind, restore_tokenizer_state, token_dtype, tokenizer_state
-from nanugpt.utils import atomic_write, atomic_write_json
+from nanugpt.utils import atomic_write_json, fsync_dir
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: llm.c shards of data.shard_tokens; 1 was one headerless <split>.bin
 REQUIRED_SPLITS = ("train", "val")
 
 
@@ -93,12 +102,20 @@ def load_prepared(path: Path) -> TokenSplits:
         raise CorruptCache(path, f"{meta_file} lists the splits {sorted(num_tokens)}, not train and val")
     splits = {}
     for split, expected in num_tokens.items():
-        file = path / f"{split}.bin"
-        if not file.is_file() or file.stat().st_size != expected * dtype.itemsize:
+        names = meta.get("files", {}).get(split)
+        if not isinstance(names, list) or not names:
+            raise CorruptCache(path, f"{meta_file} lists no {split} shard files")
+        try:
+            shards = [read_shard(path / str(name)) for name in names]
+        except (ConfigError, OSError) as err:
+            raise CorruptCache(path, f"a {split} shard is missing or has the wrong size ({err})") from None
+        found = sum(len(s) for s in shards)
+        if found != expected or any(s.dtype != dtype for s in shards):
             raise CorruptCache(
-                path, f"{file} is missing or has the wrong size for the {expected:,} tokens that {meta_file} records"
+                path,
+                f"the {split} shards hold {found:,} tokens, not the {expected:,} {dtype.name} that {meta_file} records",
             )
-        splits[split] = [np.memmap(file, dtype=dtype, mode="r") if expected else np.zeros(0, dtype)]
+        splits[split] = shards
     return TokenSplits(
         splits, vocab_size, meta, path, f"The prepared data is corrupt: delete {path} and it will be prepared again."
     )
@@ -119,29 +136,138 @@ def _load_current(path: Path, fingerprint: str, tokenizer: Tokenizer) -> tuple[T
     return data, ""
 
 
-def _write_tokens(path: Path, tokens: np.ndarray) -> None:
-    atomic_write(path, lambda f: f.write(tokens.tobytes()))
-
-
-def _concatenate(parts: list[Path], path: Path) -> None:
-    def write(out: Any) -> None:
-        for part in parts:
-            with open(part, "rb") as f:
-                shutil.copyfileobj(f, out, 1 << 24)
-
-    atomic_write(path, write)
-
-
-def _start_work_dir(work: Path, fingerprint: str, force: bool) -> None:
-    """Keep the finished shards of an interrupted prepare of the same source; else start empty."""
-    progress = work / "progress.json"
-    if not force and progress.is_file() and json.loads(progress.read_text()).get("source_sha256") == fingerprint:
-        done = len(list(work.glob("*.bin")))
-        if done:
-            log.info("Resuming an interrupted prepare: %d finished shard(s) in %s", done, work)
-        return
+def _start_work_dir(path: Path, work: Path, fingerprint: str, shard_tokens: int, force: bool) -> dict[str, Any]:
+    """The progress of an interrupted prepare of the same source and shard size, to continue; else
+    a fresh start with the old shards deleted."""
+    progress_file = work / "progress.json"
+    if not force and progress_file.is_file():
+        progress = json.loads(progress_file.read_text())
+        if progress.get("source_sha256") == fingerprint and progress.get("shard_tokens") == shard_tokens:
+            done = sum(len(s["files"]) for s in progress["splits"].values())
+            if done:
+                log.info("Resuming an interrupted prepare: %d finished shard(s) in %s", done, path)
+            return progress
     shutil.rmtree(work, ignore_errors=True)
-    atomic_write_json(progress, {"source_sha256": fingerprint})
+    for old in path.glob("*.bin"):
+        old.unlink()
+    progress = {"source_sha256": fingerprint, "shard_tokens": shard_tokens, "splits": {}}
+    atomic_write_json(progress_file, progress)
+    return progress
+
+
+# The source and tokenizer of the pool's workers: forked with them, never pickled.
+_WORKER: tuple[TokenSource, Tokenizer, np.dtype] | None = None
+
+
+def _encode(source: TokenSource, tokenizer: Tokenizer, dtype: np.dtype, piece: Any) -> np.ndarray:
+    tokens = source.encode_piece(tokenizer, piece)
+    if tokens.size and int(tokens.max()) >= tokenizer.vocab_size:
+        raise ValueError(f"Tokenizer {tokenizer.name} produced id {int(tokens.max())} >= its vocab_size.")
+    return tokens.astype(dtype)
+
+
+def _encode_in_worker(piece: Any) -> np.ndarray:
+    return _encode(*_WORKER, piece)  # type: ignore[misc]
+
+
+def encoded_pieces(
+    source: TokenSource, tokenizer: Tokenizer, dtype: np.dtype, pieces: Iterator[Any], num_proc: int
+) -> Iterator[np.ndarray]:
+    """Each piece's tokens, in order, tokenized on `num_proc` processes with at most 2 x num_proc
+    pieces in flight (a pool's `imap` would read the whole corpus ahead into its queue)."""
+    if num_proc == 1:
+        for piece in pieces:
+            yield _encode(source, tokenizer, dtype, piece)
+        return
+    global _WORKER
+    _WORKER = (source, tokenizer, dtype)
+    try:
+        # fork: the workers inherit the source and tokenizer (a hub data set, a fitted BPE) as they are
+        with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("fork")) as pool:
+            in_flight: deque = deque()
+            for piece in pieces:
+                in_flight.append(pool.submit(_encode_in_worker, piece))
+                if len(in_flight) >= 2 * num_proc:
+                    yield in_flight.popleft().result()
+            while in_flight:
+                yield in_flight.popleft().result()
+    finally:
+        _WORKER = None
+
+
+def _write_shard(path: Path, tokens: Iterator[np.ndarray], dtype: np.dtype) -> int:
+    """Stream `tokens` into an llm.c shard at `path` (temp name, fsync, rename); its token count."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(bytes(HEADER_BYTES))  # the count is known at the end
+            count = 0
+            for chunk in tokens:
+                f.write(memoryview(np.ascontiguousarray(chunk)))
+                count += len(chunk)
+            f.seek(0)
+            f.write(shard_header(dtype, count))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+        return count
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_split(
+    source: TokenSource,
+    tokenizer: Tokenizer,
+    split: str,
+    path: Path,
+    dtype: np.dtype,
+    progress: dict[str, Any],
+    progress_file: Path,
+) -> list[str]:
+    """Tokenize one split into shards of `source.shard_tokens` tokens; continue where `progress`
+    says an interrupted prepare stopped (the piece and the token in it after its last shard)."""
+    state = progress["splits"].setdefault(split, {"files": [], "piece": 0, "offset": 0, "done": False})
+    if state["done"]:
+        return state["files"]
+    first, skip = state["piece"], state["offset"]
+    pieces = itertools.islice(source.pieces(split), first, None)  # earlier pieces are in finished shards
+    stream = encoded_pieces(source, tokenizer, dtype, pieces, source.num_proc)
+    # where the stream stands: the piece being written, its tokens, and how many are written
+    at = {"piece": first - 1, "tokens": np.zeros(0, dtype), "pos": 0}
+
+    def next_shard_tokens() -> Iterator[np.ndarray]:
+        wanted = source.shard_tokens
+        while wanted:
+            if at["pos"] == len(at["tokens"]):
+                tokens = next(stream, None)
+                if tokens is None:
+                    return
+                at["piece"] += 1
+                at["tokens"], at["pos"] = tokens, skip if at["piece"] == first else 0
+                continue
+            take = min(wanted, len(at["tokens"]) - at["pos"])
+            yield at["tokens"][at["pos"] : at["pos"] + take]
+            at["pos"] += take
+            wanted -= take
+
+    bar = tqdm(desc=f"{split} shards", unit="shard", initial=len(state["files"]), disable=None)
+    while True:
+        name = f"{split}_{len(state['files']):06d}.bin"
+        count = _write_shard(path / name, next_shard_tokens(), dtype)
+        if count == 0 and state["files"]:
+            (path / name).unlink()  # the stream ended exactly at a shard boundary
+        else:
+            state["files"].append(name)
+            bar.update()
+        state["piece"], state["offset"] = at["piece"], at["pos"]
+        state["done"] = count < source.shard_tokens
+        atomic_write_json(progress_file, progress)
+        if state["done"]:
+            break
+    bar.close()
+    return state["files"]
 
 
 def _fit_tokenizer(tokenizer: Tokenizer, source: TokenSource, work: Path) -> None:
@@ -167,9 +293,9 @@ def prepare(
 ) -> TokenSplits:
     """Tokenize `source` into `data_dir` unless an up-to-date copy is there; return it loaded.
 
-    Each shard is tokenized and written atomically to `<dir>/partial/`, then each split's shards
-    are concatenated into `<split>.bin`, and `meta.json` is written last. An interrupted prepare
-    rerun with the same source keeps its finished shards and continues.
+    Each split streams into shards of `source.shard_tokens` tokens, each written atomically, and
+    `meta.json` is written last. An interrupted prepare rerun with the same source keeps its
+    finished shards and continues after the last one (`partial/progress.json` says where).
     """
     path = prepared_dir(data_dir, source, tokenizer, data_cfg, tokenizer_cfg)
     fingerprint = source.fingerprint()
@@ -211,25 +337,14 @@ def _prepare_locked(
     meta_file = path / "meta.json"
     meta_file.unlink(missing_ok=True)  # the old tokens are about to be replaced
     work = path / "partial"
-    _start_work_dir(work, fingerprint, force)
+    progress = _start_work_dir(path, work, fingerprint, source.shard_tokens, force)
     _fit_tokenizer(tokenizer, source, work)
     dtype = token_dtype(tokenizer.vocab_size)
-    num_tokens = {}
+    files, num_tokens = {}, {}
     for split in source.split_names:
-        n = source.num_shards(split)
-        parts = [work / f"{split}-{i:05d}.bin" for i in range(n)]
-        todo = [i for i, part in enumerate(parts) if not part.is_file()]  # atomic: present = complete
-        bar = tqdm(total=n, initial=n - len(todo), desc=f"{split} shards", unit="shard", disable=n == 1)
-        for i in todo:
-            tokens = source.tokenize_shard(tokenizer, split, i)
-            if tokens.size and int(tokens.max()) >= tokenizer.vocab_size:
-                raise ValueError(f"Tokenizer {tokenizer.name} produced id {int(tokens.max())} >= its vocab_size.")
-            _write_tokens(parts[i], tokens.astype(dtype))
-            bar.update()
-        bar.close()
-        _concatenate(parts, path / f"{split}.bin")
-        num_tokens[split] = (path / f"{split}.bin").stat().st_size // dtype.itemsize
-        log.info("  %s: %s tokens", split, f"{num_tokens[split]:,}")
+        files[split] = _write_split(source, tokenizer, split, path, dtype, progress, work / "progress.json")
+        num_tokens[split] = sum(len(read_shard(path / name)) for name in files[split])
+        log.info("  %s: %s tokens in %d shard(s)", split, f"{num_tokens[split]:,}", len(files[split]))
     meta = {
         "format": FORMAT_VERSION,
         "source": source.name,
@@ -238,6 +353,8 @@ def _prepare_locked(
         "vocab_size": int(tokenizer.vocab_size),
         "dtype": dtype.name,
         "num_tokens": num_tokens,
+        "shard_tokens": source.shard_tokens,
+        "files": files,
         "data_config": data_cfg,
         "tokenizer_config": tokenizer_cfg,
         "seconds": round(time.perf_counter() - start, 3),

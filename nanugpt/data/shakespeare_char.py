@@ -27,11 +27,13 @@ class TinyShakespeare(TextSource):
         cache_dir: str,
         local_path: str | None,
         val_fraction: float,
+        shard_tokens: int | None,
+        num_proc: int | None,
         url: str = URL,
         sha256: str = SHA256,
         timeout_s: float = 30.0,
     ) -> None:
-        super().__init__(val_fraction)
+        super().__init__(val_fraction, shard_tokens, num_proc)
         check_value(
             "data.cache_dir", cache_dir, str, fix="The download is kept there, e.g. data.cache_dir=data/downloads."
         )

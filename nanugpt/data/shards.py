@@ -38,6 +38,14 @@ SPLIT_IN_NAME = re.compile(r"(?:^|_)(train|val|test)(?:_|$)")
 KNOWN = "magic 20240520 version 1 (llm.c/modded-nanogpt, uint16) or magic 20240801 version 7 (llm.c, uint32)"
 
 
+def shard_header(dtype: np.dtype, num_tokens: int) -> bytes:
+    """The 1,024-byte llm.c header of a shard of `num_tokens` tokens of `dtype` (uint16 or uint32)."""
+    magic = next(m for m, (_, d, _) in HEADERED_FORMATS.items() if d == np.dtype(dtype))
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:3] = magic, HEADERED_FORMATS[magic][0], num_tokens
+    return header.tobytes()
+
+
 def read_shard(path: Path) -> np.ndarray:
     """The tokens of one shard file, memory-mapped; a bad header or length is a ConfigError naming it."""
     size = path.stat().st_size
