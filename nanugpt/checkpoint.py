@@ -11,19 +11,35 @@ then deletes step files beyond `keep_last`. A crash at any moment leaves last.pt
 new) and a log that names only files that exist. Hard links share the bytes: last.pt and best.pt
 cost no extra disk unless best is older than every kept step file.
 
+FSDP runs (`training.parallel=fsdp`) save sharded checkpoints instead: a directory per save,
+`step_0000200/`, written with torch.distributed.checkpoint (DCP), every rank its own shard of the
+model and optimizer tensors, plus `state.pt` (step, RNG states, data position, config: rank 0's,
+as in a file checkpoint). All ranks write into `.step_0000200.tmp/`; rank 0 renames it into place
+only after every rank has finished (DCP's closing collective writes `.metadata` last), so a
+directory exists complete or not at all. `last` and `best` are symlinks to step directories,
+swapped by renaming a fresh link over the old one; the log lists directories as it lists files.
+A sharded checkpoint loads on any number of ranks (DCP reshards), also into a run without FSDP,
+and `python -m nanugpt.checkpoint consolidate <dir> [out.pt]` writes its model as one file.
+
 Loads use `torch.load(weights_only=True)`: a checkpoint is untrusted input and must not be able
-to run code. So everything saved is tensors and plain Python containers.
+to run code. So everything saved is tensors and plain Python containers. DCP would unpickle its
+`.metadata` and any non-tensor entry with plain pickle, so a sharded checkpoint holds tensors
+only (its plain part is `state.pt`), its metadata is read by an unpickler that knows only DCP's
+own metadata classes, and a load refuses non-tensor entries.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,10 +56,27 @@ log = logging.getLogger(__name__)
 
 LOG_NAME = "checkpoint_log.yaml"
 STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+STEP_DIR = re.compile(r"^step_(\d+)$")
+PLAIN_STATE = "state.pt"  # a sharded checkpoint's non-tensor part
+# The pointers to the newest and the best save: hard links for files, symlinks for directories.
+POINTERS = {"last": ("last.pt", "last"), "best": ("best.pt", "best")}
 
 
 def step_file_name(step: int) -> str:
     return f"step_{step:07d}.pt"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def pointer(ckpt_dir: Path, which: str) -> Path | None:
+    """`last` or `best` of a checkpoints dir: the file (last.pt) or the sharded directory (last)
+    that exists, else None."""
+    file_name, dir_name = POINTERS[which]
+    if (ckpt_dir / file_name).is_file():
+        return ckpt_dir / file_name
+    return ckpt_dir / dir_name if (ckpt_dir / dir_name).is_dir() else None
 
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DDP
@@ -132,21 +165,41 @@ def _to_tuple(x: Any) -> Any:
 
 
 def _link(src: Path, dst: Path) -> None:
-    """Point `dst` at `src`'s bytes atomically: a hard link renamed over `dst` (a copy where the
-    filesystem has no hard links)."""
+    """Point `dst` at `src` atomically: for a file a hard link (a copy where the filesystem has
+    none), for a directory a relative symlink, renamed over `dst`."""
     tmp = dst.with_name(f".{dst.name}.link.tmp")
     tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        with open(src, "rb") as source:
-            atomic_write(tmp, lambda f: shutil.copyfileobj(source, f))
+    if src.is_dir():
+        os.symlink(src.name, tmp)
+    else:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            with open(src, "rb") as source:
+                atomic_write(tmp, lambda f: shutil.copyfileobj(source, f))
     os.replace(tmp, dst)
 
 
 def _step_files(ckpt_dir: Path) -> list[tuple[int, Path]]:
-    found = [(int(m.group(1)), p) for p in ckpt_dir.glob("step_*.pt") if (m := STEP_FILE.match(p.name))]
+    """The step checkpoints, files (`step_*.pt`) and sharded directories (`step_*`), by step."""
+    found = []
+    for p in ckpt_dir.glob("step_*"):
+        kind = STEP_DIR if p.is_dir() and not p.is_symlink() else STEP_FILE if p.is_file() else None
+        if kind is not None and (m := kind.match(p.name)):
+            found.append((int(m.group(1)), p))
     return sorted(found)
+
+
+def _remove(path: Path) -> None:
+    """Delete a step file, or a step directory: renamed to a temp name first, so a kill halfway
+    leaves no half directory under a step name (the next save clears temp names)."""
+    if path.is_dir() and not path.is_symlink():
+        doomed = path.with_name(f".{path.name}.old.tmp")
+        shutil.rmtree(doomed, ignore_errors=True)
+        os.replace(path, doomed)
+        shutil.rmtree(doomed)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def save_checkpoint(
@@ -159,29 +212,79 @@ def save_checkpoint(
     path = ckpt_dir / step_file_name(step)
     with _save_errors(ckpt_dir, path, step):
         atomic_write(path, lambda f: torch.save(state, f))
-        _link(path, ckpt_dir / "last.pt")
-        if is_best:
-            _link(path, ckpt_dir / "best.pt")
-        fsync_dir(ckpt_dir)
-
-        step_files = _step_files(ckpt_dir)
-        doomed = {p.name for _, p in step_files[: max(len(step_files) - keep_last, 0)]}
-        # One entry per file: last.pt (and best.pt when is_best) now point at this save.
-        replaced = doomed | {"last.pt"} | ({"best.pt"} if is_best else set())
-        entries = [
-            e for e in read_log(ckpt_dir) if e.get("path") not in replaced and (ckpt_dir / str(e.get("path"))).is_file()
-        ]
-        if path.name not in doomed:
-            entries.append({"step": step, "path": path.name, "val_loss": val_loss})
-        entries.append({"step": step, "path": "last.pt", "val_loss": val_loss})
-        if is_best:
-            entries.append({"step": step, "path": "best.pt", "val_loss": val_loss})
-        # The log first, then the deletions: a crash in between leaves stray files, never a log
-        # that names a missing one. last.pt and best.pt are their own links and survive deletion.
-        atomic_write(ckpt_dir / LOG_NAME, lambda f: yaml.safe_dump(entries, f, sort_keys=False), mode="w")
-        for name in doomed:
-            (ckpt_dir / name).unlink(missing_ok=True)
+        _commit(ckpt_dir, path, step, val_loss, is_best, keep_last)
     return path
+
+
+def save_sharded_checkpoint(
+    ckpt_dir: Path,
+    tensors: dict[str, Any],
+    plain: dict[str, Any],
+    step: int,
+    val_loss: float | None,
+    is_best: bool,
+    keep_last: int,
+    is_master: bool,
+) -> Path:
+    """A collective: every rank writes its shards of `tensors` (DTensors, or plain tensors every
+    rank holds alike) into `.step_<step>.tmp/` with DCP; rank 0 adds `plain` as state.pt, renames
+    the directory into place, points `last` (and `best`) at it, logs it and deletes saves beyond
+    `keep_last`, as `save_checkpoint` does for files. Returns the step directory."""
+    import torch.distributed.checkpoint as dcp
+
+    path = ckpt_dir / step_dir_name(step)
+    tmp = ckpt_dir / f".{path.name}.tmp"
+    if is_master:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(ckpt_dir)  # what a killed save left, before any rank writes a new one
+    if torch_dist.is_initialized():
+        torch_dist.barrier()
+    with _save_errors(ckpt_dir, path, step):
+        # Returns on every rank only once all ranks' files are written and rank 0 has written
+        # .metadata (DCP's closing collective): the directory is complete here, before the rename.
+        dcp.save(tensors, checkpoint_id=tmp)
+        if is_master:
+            atomic_write(tmp / PLAIN_STATE, lambda f: torch.save(plain, f))
+            if path.exists():  # the same step saved again (a run restarted with resume=never)
+                _remove(path)
+            os.replace(tmp, path)
+            fsync_dir(ckpt_dir)
+            _commit(ckpt_dir, path, step, val_loss, is_best, keep_last)
+    return path
+
+
+def _commit(ckpt_dir: Path, path: Path, step: int, val_loss: float | None, is_best: bool, keep_last: int) -> None:
+    """After a save is in place: point last (and best) at it, rewrite the log, delete the step
+    saves beyond `keep_last` (never the one a `last`/`best` symlink names)."""
+    pointed = ["last", "best"] if is_best else ["last"]
+    names = set()
+    for which in pointed:
+        file_name, dir_name = POINTERS[which]
+        own, other = (dir_name, file_name) if path.is_dir() else (file_name, dir_name)
+        _link(path, ckpt_dir / own)
+        # One last and one best: a save in the other format (a run resumed with another
+        # training.parallel) replaces that format's pointer too.
+        (ckpt_dir / other).unlink(missing_ok=True)
+        names |= {file_name, dir_name}
+    fsync_dir(ckpt_dir)
+
+    step_files = _step_files(ckpt_dir)
+    linked = {(ckpt_dir / name).resolve() for name in ("last", "best") if (ckpt_dir / name).is_symlink()}
+    doomed = {p.name for _, p in step_files[: max(len(step_files) - keep_last, 0)] if p.resolve() not in linked}
+    # One entry per file or directory: last and best (when is_best) now point at this save.
+    replaced = doomed | names
+    entries = [
+        e for e in read_log(ckpt_dir) if e.get("path") not in replaced and (ckpt_dir / str(e.get("path"))).exists()
+    ]
+    if path.name not in doomed:
+        entries.append({"step": step, "path": path.name, "val_loss": val_loss})
+    for which in pointed:
+        entries.append({"step": step, "path": POINTERS[which][path.is_dir()], "val_loss": val_loss})
+    # The log first, then the deletions: a crash in between leaves stray files, never a log
+    # that names a missing one. last.pt and best.pt are their own links and survive deletion.
+    atomic_write(ckpt_dir / LOG_NAME, lambda f: yaml.safe_dump(entries, f, sort_keys=False), mode="w")
+    for name in doomed:
+        _remove(ckpt_dir / name)
 
 
 @contextlib.contextmanager
@@ -232,15 +335,34 @@ def _torch_load(path: Path, map_location: str | torch.device = "cpu") -> dict[st
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def load_plain(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint file, or a sharded checkpoint's plain part (everything but the model and
+    optimizer tensors): what resume=auto checks a checkpoint by."""
+    if not path.is_dir():
+        return _torch_load(path, map_location)
+    if not (path / ".metadata").is_file():
+        raise CheckpointError(f"{path} has no .metadata: it is not a complete sharded checkpoint.")
+    return _torch_load(path / PLAIN_STATE, map_location)
+
+
 def candidates(ckpt_dir: Path) -> list[Path]:
-    """The checkpoints in a directory, newest first: last.pt, step files, best.pt (each file once)."""
-    paths = [ckpt_dir / "last.pt"] + [p for _, p in reversed(_step_files(ckpt_dir))] + [ckpt_dir / "best.pt"]
+    """The checkpoints in a directory, newest first: last, step files and directories, best (each
+    once; last and best as a file, last.pt, or an FSDP run's directory symlink, last)."""
+    steps = [p for _, p in reversed(_step_files(ckpt_dir))]
+    paths = [pointer(ckpt_dir, "last"), *steps, pointer(ckpt_dir, "best")]
     seen, unique = set(), []
     for p in paths:
-        if p.is_file() and (key := (p.stat().st_dev, p.stat().st_ino)) not in seen:
+        if p is not None and (key := (p.stat().st_dev, p.stat().st_ino)) not in seen:
             seen.add(key)
             unique.append(p)
     return unique
+
+
+def _log_entries(ckpt_dir: Path) -> list[dict[str, Any]]:
+    try:
+        return [e for e in read_log(ckpt_dir) if isinstance(e, dict) and "path" in e]
+    except (yaml.YAMLError, TypeError, ValueError):
+        return []
 
 
 def newest_good_checkpoint(ckpt_dir: Path, skip: Path | None = None) -> tuple[Path, dict[str, Any]] | None:
@@ -248,7 +370,7 @@ def newest_good_checkpoint(ckpt_dir: Path, skip: Path | None = None) -> tuple[Pa
         if skip is not None and path.exists() and skip.exists() and os.path.samefile(path, skip):
             continue
         try:
-            return path, _torch_load(path)
+            return path, load_plain(path)
         except Exception:
             continue
     return None
@@ -270,37 +392,42 @@ def _unreadable(path: Path, err: Exception) -> CheckpointError:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint file, or a sharded directory consolidated in memory (model weights and the
+    plain part; no optimizer state): what `generate` samples from."""
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(
-            f"Checkpoint {path} does not exist; pass the path of a .pt file that nanugpt.train wrote (e.g. <run "
-            "dir>/checkpoints/last.pt)."
+            f"Checkpoint {path} does not exist; pass the path of a .pt file or sharded checkpoint directory that "
+            "nanugpt.train wrote (e.g. <run dir>/checkpoints/last.pt, or <run dir>/checkpoints/last for FSDP runs)."
         )
     try:
-        return _torch_load(path, map_location)
+        return consolidate(path) if path.is_dir() else _torch_load(path, map_location)
+    except CheckpointError:
+        raise
     except Exception as err:
         raise _unreadable(path, err) from err
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file as given, or the one to sample from in a run dir or its checkpoints dir:
-    `best.pt` when the run kept one, else the newest checkpoint (through `checkpoint_log.yaml`)."""
+    """A checkpoint as given (a file, or a sharded directory), or the one to sample from in a run
+    dir or its checkpoints dir: best when the run kept one, else the newest (through
+    `checkpoint_log.yaml`)."""
     path = Path(path).expanduser()
     if path.is_dir() and (path / "checkpoints").is_dir():
         path = path / "checkpoints"
-    if not path.is_dir():
+    if not path.is_dir() or (path / ".metadata").is_file():
         return path
-    if (path / "best.pt").is_file():
-        return path / "best.pt"
-    steps = {str(e["path"]): int(e.get("step", -1)) for e in read_log(path) if isinstance(e, dict) and "path" in e}
+    if (best := pointer(path, "best")) is not None:
+        return best
+    steps = {str(e["path"]): int(e.get("step", -1)) for e in _log_entries(path)}
     # names only: the log is read, never trusted to point outside its directory
-    named = [name for name in steps if Path(name).name == name and (path / name).is_file()]
+    named = [name for name in steps if Path(name).name == name and (path / name).exists()]
     newest = max(named, key=steps.__getitem__, default=None)
     found = path / newest if newest else next(iter(candidates(path)), None)
     if found is None:
         raise CheckpointError(
-            f"{path} holds no checkpoint (no best.pt, last.pt or step_*.pt); pass a run dir whose run saved one "
-            "(eval.checkpoint must not be none), or the path of a .pt file."
+            f"{path} holds no checkpoint (no best.pt, last.pt or step_*.pt, nor a sharded last/ or step_*/); pass "
+            "a run dir whose run saved one (eval.checkpoint must not be none), or the path of a checkpoint."
         )
     return found
 
@@ -308,16 +435,22 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def find_resume_checkpoint(resume: str, run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     """resume=never: None. resume=<path>: that checkpoint, or a clear error. resume=auto: the
     newest checkpoint in <run dir>/checkpoints that loads, warning about any newer one that does
-    not; None when there is none."""
+    not; None when there is none. For a sharded checkpoint the dict is its plain part: the
+    tensors load with `load_sharded`."""
     if resume == "never":
         return None
     if resume != "auto":
         path = Path(resume).expanduser()
+        if path.is_dir():
+            try:
+                return path, load_plain(path)
+            except Exception as err:
+                raise _unreadable(path, err) from err
         return path, load_checkpoint(path)
     ckpt_dir = run_dir / "checkpoints"
     for path in candidates(ckpt_dir):
         try:
-            return path, _torch_load(path)
+            return path, load_plain(path)
         except Exception as err:
             log.warning(
                 "Checkpoint %s could not be loaded (%s: %s); trying an older one.",
@@ -325,12 +458,110 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> tuple[Path, dict[str, 
                 type(err).__name__,
                 str(err).splitlines()[0] if str(err) else "",
             )
-    if ckpt_dir.is_dir() and any(ckpt_dir.glob("*.pt")):
+    if ckpt_dir.is_dir() and (any(ckpt_dir.glob("*.pt")) or _step_files(ckpt_dir)):
         raise CheckpointError(
             f"No checkpoint in {ckpt_dir} loads: all are truncated or corrupt. Start over with "
             "resume=never (this overwrites them), or pass resume=<path> to a good checkpoint elsewhere."
         )
     return None
+
+
+# ---- sharded checkpoints: safe DCP loading, resharding, consolidation
+
+# Every global a DCP checkpoint's .metadata pickle names (torch 2.13), besides torch's dtypes.
+DCP_METADATA_GLOBALS = {
+    ("pathlib", "PosixPath"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    *(
+        ("torch.distributed.checkpoint.metadata", name)
+        for name in (
+            "Metadata",
+            "MetadataIndex",
+            "StorageMeta",
+            "ChunkStorageMetadata",
+            "TensorProperties",
+            "TensorStorageMetadata",
+            "BytesStorageMetadata",
+            "_MEM_FORMAT_ENCODING",
+        )
+    ),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Plain pickle, but only DCP's own metadata classes: an untrusted .metadata runs no code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in DCP_METADATA_GLOBALS or (
+            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        ):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a DCP checkpoint's metadata; refusing to load it")
+
+
+@functools.cache
+def _safe_dcp() -> tuple[type, type]:
+    """DCP's file reader and load planner, made safe for untrusted checkpoints (built on first use:
+    torch.distributed.checkpoint costs import time)."""
+    from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            with open(Path(self.path) / ".metadata", "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    class TensorsOnlyPlanner(DefaultLoadPlanner):
+        def load_bytes(self, read_item: Any, value: Any) -> None:
+            raise CheckpointError(
+                f"The sharded checkpoint holds a non-tensor entry {read_item.dest_index.fqn!r}. nanugpt's sharded "
+                "checkpoints hold tensors only (their other state is in state.pt), so this one was not written by "
+                "nanugpt.train; it is not loaded, since unpickling it could run code."
+            )
+
+    return SafeReader, TensorsOnlyPlanner
+
+
+def load_sharded(path: Path, tensors: dict[str, Any]) -> None:
+    """Fill `tensors` (nested dicts of tensors or DTensors, as saved) in place from a sharded
+    checkpoint: DCP reads each rank's part of every tensor, whatever the number of ranks that
+    wrote it. A collective when a process group is up."""
+    import torch.distributed.checkpoint as dcp
+
+    reader, planner = _safe_dcp()
+    with warnings.catch_warnings():  # without a process group DCP warns that it loads in one process: intended
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        try:
+            dcp.load(tensors, storage_reader=reader(path), planner=planner())
+        except dcp.api.CheckpointException as err:  # DCP wraps each rank's exception: ours says what happened
+            ours = [e for e, _ in err.failures.values() if isinstance(e, CheckpointError)]
+            if ours:
+                raise ours[0] from None
+            raise
+
+
+def consolidate(path: Path) -> dict[str, Any]:
+    """A sharded checkpoint as a single-file one: its model's full tensors plus its plain part
+    (config, data meta, step), without the optimizer state. torch's `dcp_to_torch_save` would do
+    this but unpickles whatever the checkpoint holds; this reads tensors only."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    plain = load_plain(path)
+    reader, _ = _safe_dcp()
+    saved = reader(path).read_metadata().state_dict_metadata
+    model = {
+        fqn.removeprefix("model."): torch.empty(meta.size, dtype=meta.properties.dtype)
+        for fqn, meta in saved.items()
+        if fqn.startswith("model.") and isinstance(meta, TensorStorageMetadata)
+    }
+    load_sharded(path, {"model": model})
+    return {**plain, "model": model}
 
 
 def load_model_state(
@@ -374,3 +605,37 @@ def load_model_state(
         + (f" ({' '.join(d.split(' ')[0] for d in cfg_diffs if d.startswith('model.'))})" if cfg_diffs else "")
         + "; to train this config from scratch, pass resume=never or a new hydra.run.dir."
     )
+
+
+def consolidate_main(argv: list[str] | None = None) -> Path:
+    """`python -m nanugpt.checkpoint consolidate <sharded dir, checkpoints dir or run dir> [out.pt]`:
+    the model as one file, for `generate` and plain `torch.load`.
+    Default out: `<checkpoints dir>/<step dir>.consolidated.pt`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m nanugpt.checkpoint", description=consolidate_main.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    command = commands.add_parser("consolidate", help="write a sharded (FSDP) checkpoint's model as one .pt file")
+    command.add_argument("checkpoint", type=Path, help="a sharded checkpoint dir (e.g. checkpoints/last), or a run dir")
+    command.add_argument("out", type=Path, nargs="?", help="the .pt file to write")
+    args = parser.parse_args(argv)
+    source = resolve_checkpoint(args.checkpoint)
+    if not source.is_dir():
+        raise CheckpointError(
+            f"{source} is a single-file checkpoint already; generate reads it as it is. consolidate takes a sharded "
+            "checkpoint directory (an FSDP run's checkpoints/last or step_*), or the run dir of an FSDP run."
+        )
+    state = load_checkpoint(source)
+    out = args.out or source.parent / f"{source.resolve().name}.consolidated.pt"
+    atomic_write(out, lambda f: torch.save(state, f))
+    print(f"Wrote {out} (step {state.get('step', '?')}, {len(state['model'])} tensors) from {source}.")
+    return out
+
+
+if __name__ == "__main__":
+    from nanugpt.errors import UserError
+
+    try:
+        consolidate_main()
+    except UserError as err:
+        raise SystemExit(f"Error: {err}") from None

@@ -62,6 +62,12 @@ class Device(Choice):
     cuda = "cuda"
 
 
+class Parallel(Choice):
+    ddp = "ddp"  # replicas, gradients all-reduced (one process: no wrapper)
+    zero1 = "zero1"  # DDP with the optimizer state sharded across ranks (ZeroRedundancyOptimizer)
+    fsdp = "fsdp"  # FSDP2: parameters, gradients and optimizer state sharded per transformer block
+
+
 class CheckpointPolicy(Choice):
     best_and_last = "best_and_last"
     last = "last"
@@ -108,8 +114,12 @@ class TrainingConfig:
     threads: Annotated[int | None, Range(ge=1, null="torch's default")] = None
     # a NaN/inf loss skips that optimizer step instead of stopping the run
     skip_nonfinite: bool = False
-    # DDP only: shard optimizer state across ranks (ZeroRedundancyOptimizer)
-    zero1: bool = False
+    # how ranks share the work: ddp | zero1 | fsdp (docs/distributed.md)
+    parallel: Parallel = Parallel.ddp
+    # recompute each transformer block's activations in backward instead of keeping them (any parallel mode)
+    activation_checkpointing: bool = False
+    # removed: training.zero1=true is now training.parallel=zero1 (null; any value is refused with that message)
+    zero1: bool | None = None
     # debug=anomaly: torch.autograd.set_detect_anomaly, so a NaN in backward names its op (slow)
     detect_anomaly: bool = False
     # debug=overfit: train on the first this-many steps' batches over and over
@@ -359,12 +369,14 @@ def check_writable_dir(
 
 
 def check_resume(resume: str) -> None:
-    if resume in ("auto", "never") or Path(resume).expanduser().is_file():
+    path = Path(resume).expanduser()
+    if resume in ("auto", "never") or path.is_file() or (path / ".metadata").is_file():
         return
     raise ConfigError(
-        f"resume={resume!r} is neither auto, never, nor an existing checkpoint file. Pass resume=auto (continue "
-        "from this run dir's checkpoints, if any), resume=never (start over), or the path of a checkpoint, e.g. "
-        "resume=outputs/<date>/<time>/checkpoints/last.pt."
+        f"resume={resume!r} is neither auto, never, nor an existing checkpoint (a file, or a sharded checkpoint "
+        "directory). Pass resume=auto (continue from this run dir's checkpoints, if any), resume=never (start "
+        "over), or the path of a checkpoint, e.g. resume=outputs/<date>/<time>/checkpoints/last.pt (FSDP runs: "
+        ".../checkpoints/last)."
     )
 
 
@@ -386,12 +398,29 @@ def validate_train(cfg: DictConfig) -> None:
     tokenizer plugins check their arguments when instantiated, also before any data is prepared."""
     check_required(cfg, {"data.path": "data.path=/path/to/file.txt (or a directory)"})
     check_ranges(cfg, TrainConfig)
+    check_parallel(cfg.training)
     check_resume(cfg.resume)
     if cfg.eval.checkpoint_every_minutes and cfg.eval.checkpoint == "none":
         raise ConfigError(
             f"eval.checkpoint_every_minutes={cfg.eval.checkpoint_every_minutes} asks for time-based checkpoints, "
             "but eval.checkpoint=none saves none. Pass eval.checkpoint=last (or best_and_last), or drop "
             "eval.checkpoint_every_minutes."
+        )
+
+
+def check_parallel(training: DictConfig) -> None:
+    """training.parallel against the removed training.zero1 and the dtype FSDP cannot run."""
+    if training.zero1 is not None:
+        raise ConfigError(
+            f"training.zero1={str(training.zero1).lower()} was removed: the parallel mode is one key now, "
+            "training.parallel=ddp|zero1|fsdp. Pass training.parallel=zero1 instead of training.zero1=true "
+            "(and drop training.zero1=false: ddp is the default)."
+        )
+    if training.parallel == "fsdp" and training.dtype == "float16":
+        raise ConfigError(
+            "training.dtype=float16 with training.parallel=fsdp is not supported: float16's loss scaler would "
+            "decide on inf gradients per shard. Use training.dtype=bfloat16 (or auto) with FSDP, or "
+            "training.parallel=ddp for float16."
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -73,7 +74,9 @@ def resolve_device(name: str, local_rank: int, key: str = "training.device") -> 
     return torch.device(name)
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+def init_distributed(device: str = "auto", group_of_one: bool = False) -> DistInfo:
+    """Join the process group the launcher set up. `group_of_one`: a single process gets a
+    one-rank group too (FSDP shards over a device mesh even on one device)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun (or any launcher that sets the env)
         rank, local_rank, world_size = (
             int(os.environ["RANK"]),
@@ -83,14 +86,17 @@ def init_distributed(device: str = "auto") -> DistInfo:
     else:
         rank, local_rank, world_size = _submitit_env() or (0, 0, 1)
     torch_device = resolve_device(device, local_rank)
-    if world_size > 1 and not dist.is_initialized():
+    if (world_size > 1 or group_of_one) and not dist.is_initialized():
         if torch_device.type == "cuda":
             torch.cuda.set_device(torch_device)
+        # One process has no launcher's rendezvous: an in-process store serves its group of one.
+        alone = {"store": dist.HashStore()} if world_size == 1 else {}
         dist.init_process_group(
             backend="nccl" if torch_device.type == "cuda" else "gloo",
             rank=rank,
             world_size=world_size,
             timeout=datetime.timedelta(minutes=10),
+            **alone,
         )
     return DistInfo(rank, local_rank, world_size, torch_device)
 
@@ -158,3 +164,10 @@ def sum_over_ranks(info: DistInfo, **values: torch.Tensor) -> dict[str, float]:
     host sync for all of them)."""
     totals = all_reduce_sum(torch.stack([v.double() for v in values.values()]), info)
     return dict(zip(values, totals.tolist(), strict=True))
+
+
+def is_dtensor(tensor: object) -> bool:
+    """Whether `tensor` is a DTensor (an FSDP parameter shard, its gradient or optimizer state).
+    torch.distributed.tensor takes 1.7 s to import, and no DTensor exists before it is imported."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(tensor, module.DTensor)

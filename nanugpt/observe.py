@@ -65,7 +65,9 @@ def weight_norm(model: torch.nn.Module) -> float:
     """The L2 norm of all parameters together. Every rank calls it: under FSDP a parameter is a
     DTensor shard and get_total_norm all-reduces the shards' norms into the full model's."""
     with torch.no_grad():
-        return float(torch.nn.utils.get_total_norm(list(model.parameters())))
+        norm = torch.nn.utils.get_total_norm(list(model.parameters()))
+        # a DTensor norm is a partial sum over the shards: full_tensor() completes it
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:

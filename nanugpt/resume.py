@@ -11,6 +11,7 @@ its checkpoints says what it ran with. The run logs which keys changed since the
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,17 +23,21 @@ NOT_COMPARED = {"resume"}
 
 
 def restore_optimizer_and_schedule(
-    optimizer: torch.optim.Optimizer, scheduler: Any, optimizer_state: dict[str, Any], scheduler_state: dict[str, Any]
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    load_optimizer: Callable[[], None],
+    scheduler_state: dict[str, Any],
 ) -> None:
-    """Load the checkpoint's optimizer state and schedule position into the optimizer and
-    scheduler this config built, keeping this config's hyperparameters.
+    """Load the checkpoint's optimizer state (`load_optimizer()`: `optimizer.load_state_dict`,
+    or a sharded checkpoint's loader) and schedule position into the optimizer and scheduler this
+    config built, keeping this config's hyperparameters.
 
-    `optimizer.load_state_dict` replaces each param group's settings with the saved ones, and a
+    Loading an optimizer state replaces each param group's settings with the saved ones, and a
     scheduler's state holds the saved base lrs (its lr function is rebuilt from the config, never
     saved), so both are put back from what the config built. The schedules are closed-form
     (LambdaLR), so stepping once to the checkpoint's position gives each group its lr there."""
     configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    optimizer.load_state_dict(optimizer_state)
+    load_optimizer()
     for group, settings in zip(optimizer.param_groups, configured, strict=True):
         group.update(settings)
     position = {k: scheduler_state[k] for k in ("last_epoch", "_step_count")}

@@ -11,12 +11,14 @@ was trained.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import math
 import shlex
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,15 +38,18 @@ from nanugpt.checkpoint import (
     all_rng_states,
     find_resume_checkpoint,
     load_model_state,
+    load_sharded,
+    pointer,
     read_log,
     restore_rng_state,
     save_checkpoint,
+    save_sharded_checkpoint,
 )
 from nanugpt.config import check_train_environment, register_configs, validate_train
 from nanugpt.data.build import build_data
 from nanugpt.data.contract import BatchSpec, Data
 from nanugpt.data.loader import RepeatedBatches
-from nanugpt.errors import ConfigError, NonFiniteLossError, report_user_errors
+from nanugpt.errors import CheckpointError, ConfigError, NonFiniteLossError, report_user_errors
 from nanugpt.memory import estimate_for_config
 from nanugpt.metrics import format_duration
 from nanugpt.models.with_loss import ModelWithLoss
@@ -96,7 +101,7 @@ def autocast(device: torch.device, amp_dtype: torch.dtype) -> torch.autocast:
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
     validate_train(cfg)  # every value, before any work
-    info = dist.init_distributed(cfg.training.device)
+    info = dist.init_distributed(cfg.training.device, group_of_one=cfg.training.parallel == "fsdp")
     stop = StopSignal()  # SIGTERM/SIGUSR2/SIGINT: checkpoint at the end of the step, then exit
     failed = True
     try:
@@ -260,30 +265,33 @@ def build_scaler(cfg: DictConfig, device: torch.device, amp_dtype: torch.dtype) 
     return instantiate(cfg.scaler)(device.type, float16=amp_dtype == torch.float16)
 
 
-def configured_parallel(cfg: DictConfig) -> str:
-    """The parallel mode the config asks for over several ranks: training.parallel where the
-    config has it, else "zero1" for training.zero1=true and "ddp" otherwise."""
-    if cfg.training.get("parallel") is not None:
-        return str(cfg.training.parallel)
-    return "zero1" if cfg.training.zero1 else "ddp"
-
-
 def parallel_mode(cfg: DictConfig, info: dist.DistInfo) -> str:
-    """How the run is spread over ranks: "single" (one process), else `configured_parallel`:
-    "ddp", or "zero1" (DDP with the optimizer state sharded across ranks)."""
-    if not info.is_distributed:
+    """How the run is spread over ranks: training.parallel (ddp, zero1: DDP with the optimizer
+    state sharded, fsdp), or "single" for one process that is not FSDP (no wrapper at all)."""
+    if cfg.training.parallel != "fsdp" and not info.is_distributed:
         return "single"
-    return configured_parallel(cfg)
+    return str(cfg.training.parallel)
 
 
 def parallelize(
-    cfg: DictConfig, model: torch.nn.Module, net: torch.nn.Module, info: dist.DistInfo, mode: str
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    net: torch.nn.Module,
+    info: dist.DistInfo,
+    mode: str,
+    amp_dtype: torch.dtype,
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """The wrap phase, the one place that applies the parallel mode: compile (fuses model + loss),
-    then DDP; then the optimizer, over the parameters as wrapped (a sharding wrapper such as FSDP
-    replaces them), its state sharded for ZeRO-1."""
+    """The wrap phase, the one place that applies the parallel mode: activation checkpointing per
+    block; then for FSDP per-block compile and `fully_shard` (see `shard_model`), otherwise
+    compile (fuses model + loss) and DDP; then the optimizer, over the parameters as wrapped
+    (FSDP's are DTensor shards), its state sharded for ZeRO-1."""
+    if cfg.training.activation_checkpointing:
+        checkpoint_activations(model)
     if cfg.training.compile:
         check_compile_works(info.device)
+    if mode == "fsdp":
+        shard_model(model, net, amp_dtype, cfg.training.compile)
+    elif cfg.training.compile:
         net = torch.compile(net)
     if mode in ("ddp", "zero1"):
         net = DistributedDataParallel(net, device_ids=[info.device.index] if info.device.type == "cuda" else None)
@@ -291,6 +299,53 @@ def parallelize(
     if mode == "zero1":
         optimizer = shard_optimizer_state(optimizer)
     return net, optimizer
+
+
+def checkpoint_activations(model: torch.nn.Module) -> None:
+    """Activation checkpointing: each block keeps only its input and recomputes the rest in
+    backward (torch.utils.checkpoint, non-reentrant; the RNG state is replayed, so dropout masks
+    match). The block's forward is replaced in place, so parameter names and checkpoints stay as
+    they are; FSDP's hooks, outside the checkpointed forward, gather the block's shards for the
+    recomputation as they do for its backward."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in model.blocks:
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+
+
+def shard_model(model: torch.nn.Module, net: torch.nn.Module, amp_dtype: torch.dtype, compile: bool) -> None:
+    """FSDP2, as torchtitan's apply_fsdp: `fully_shard` on every transformer block, then on the
+    module the loop calls (model + loss), which takes the embeddings, final norm and head. Each
+    block is compiled on its own first (training.compile=true), as in torchtitan.
+
+    Mixed precision follows training.dtype: bfloat16 gathers the blocks' weights in bf16 and
+    runs each block in bf16 (its input cast down), reduces gradients in fp32 and hands the block's
+    output back in fp32; the sharded master weights stay fp32. The root's weights stay fp32 too,
+    so between blocks the residual stream, and the loss, are fp32 under autocast as under DDP."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if not torch.distributed.is_initialized():
+        raise ConfigError(
+            "training.parallel=fsdp shards over a process group, and this process has none (nanugpt.train makes "
+            "one, of one process if need be; the benchmarks run unwrapped). Use training.parallel=ddp here."
+        )
+    blocks = model.blocks
+    if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) == 0:
+        raise ConfigError(
+            f"training.parallel=fsdp shards a model per transformer block, and {type(model).__name__}.blocks is "
+            "no list of blocks; use training.parallel=ddp for this model."
+        )
+    low_precision = amp_dtype == torch.bfloat16
+    blocks_policy = MixedPrecisionPolicy(
+        param_dtype=torch.bfloat16 if low_precision else None,
+        reduce_dtype=torch.float32 if low_precision else None,
+        output_dtype=torch.float32 if low_precision else None,
+    )
+    for block in blocks:
+        if compile:
+            block.compile()
+        fully_shard(block, mp_policy=blocks_policy)
+    fully_shard(net)
 
 
 def check_compile_works(device: torch.device) -> None:
@@ -357,7 +412,7 @@ def build_run(
     if info.is_master:  # before the model takes any memory
         log.info(estimate_for_config(cfg, parallel, info.world_size, amp_dtype).table())
     model, net = build_model(cfg, loss_fn, info.device)
-    net, optimizer = parallelize(cfg, model, net, info, parallel)
+    net, optimizer = parallelize(cfg, model, net, info, parallel, amp_dtype)
     scheduler = build_scheduler(cfg, optimizer)
     if info.is_distributed:
         seed_everything(cfg.training.seed + info.rank)  # per-rank dropout masks; DDP broadcasts rank 0's init
@@ -425,15 +480,21 @@ class ValLosses:
 def resume(cfg: DictConfig, run_dir: Path, run: Run, info: dist.DistInfo) -> tuple[int, ValLosses]:
     """Model, optimizer, scheduler, scaler, data position and RNGs from `resume` (auto: the newest
     checkpoint in the run dir that loads). Returns the step to continue after (0: a fresh start)
-    and the best val loss so far."""
+    and the best val loss so far. A sharded checkpoint (an FSDP run's directory) loads into any
+    parallel mode and number of ranks; a file into any but FSDP."""
     resumed = find_resume_checkpoint(cfg.resume, run_dir)
     if resumed is None:
         return 0, ValLosses()
     path, ckpt = resumed
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    load_model_state(run.model, ckpt["model"], path, ckpt.get("config", {}).get("model"), model_cfg)
+    if path.is_dir():
+        load_optimizer = load_sharded_state(run, path, ckpt, model_cfg)
+    else:
+        check_file_resumable(path, ckpt, run.parallel)
+        load_model_state(run.model, ckpt["model"], path, ckpt.get("config", {}).get("model"), model_cfg)
+        load_optimizer = functools.partial(run.optimizer.load_state_dict, ckpt["optimizer"])
     # The checkpoint's optimizer state, schedule position and loss scale; this config's hyperparameters
-    restore_optimizer_and_schedule(run.optimizer, run.scheduler, ckpt["optimizer"], ckpt["scheduler"])
+    restore_optimizer_and_schedule(run.optimizer, run.scheduler, load_optimizer, ckpt["scheduler"])
     restore_scaler(run.scaler, ckpt["scaler"])
     log_config_changes(ckpt.get("config"), OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     run.data.train.load_state_dict(ckpt["data"])
@@ -441,6 +502,82 @@ def resume(cfg: DictConfig, run_dir: Path, run: Run, info: dist.DistInfo) -> tup
     log.info("Resumed from %s at step %d (best val loss %.4f)", path, ckpt["step"], ckpt["best_val_loss"])
     best_step = ckpt.get("best_val_step")  # untrusted, and absent from older checkpoints
     return ckpt["step"], ValLosses(ckpt["best_val_loss"], best_step if isinstance(best_step, int) else None)
+
+
+def check_file_resumable(path: Path, ckpt: dict[str, Any], mode: str) -> None:
+    if "optimizer" not in ckpt:
+        raise CheckpointError(
+            f"{path} holds model weights only (a consolidated checkpoint, for generate): it cannot resume training. "
+            "Resume from the sharded checkpoint directory it was consolidated from (e.g. <run dir>/checkpoints/last)."
+        )
+    if mode == "fsdp":
+        raise CheckpointError(
+            f"{path} is a single-file checkpoint (from a DDP or single-process run) and this run has "
+            "training.parallel=fsdp, which resumes only from sharded checkpoint directories. Resume it with "
+            "training.parallel=ddp, or start the FSDP run afresh (resume=never or a new hydra.run.dir)."
+        )
+
+
+def state_dict_parts(run: Run) -> tuple[torch.nn.Module, list[torch.optim.Optimizer]]:
+    """The model and optimizer(s) as torch.distributed.checkpoint.state_dict sees them: Muon's
+    combined optimizer as its two torch optimizers."""
+    return run.model, list(getattr(run.optimizer, "parts", [run.optimizer]))
+
+
+def sharded_state(run: Run) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(tensors, the rest) of the model and optimizer state, keyed by parameter name: sharded
+    DTensors under FSDP, full tensors otherwise. The tensors go to DCP; the rest (param group
+    settings, Muon's step counts) to state.pt, since DCP would pickle them."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    model, optimizers = state_dict_parts(run)
+    model_state, optim_state = get_state_dict(
+        model, optimizers, options=StateDictOptions(flatten_optimizer_state_dict=True)
+    )
+    tensors = {k: v for k, v in optim_state.items() if isinstance(v, torch.Tensor)}
+    rest = {k: v for k, v in optim_state.items() if not isinstance(v, torch.Tensor)}
+    return {"model": model_state, "optimizer": tensors}, rest
+
+
+def load_sharded_state(run: Run, path: Path, ckpt: dict[str, Any], model_cfg: dict) -> Callable[[], None]:
+    """Load a sharded checkpoint's model weights now (each rank reads the parts of each tensor it
+    holds: resharding to any world size, or full tensors without FSDP), and return the loader of
+    its optimizer state for `restore_optimizer_and_schedule`."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    if run.parallel == "zero1":
+        raise CheckpointError(
+            f"{path} is a sharded (FSDP) checkpoint; training.parallel=zero1 cannot load it. Resume it with "
+            "training.parallel=fsdp or ddp."
+        )
+    tensors, rest = sharded_state(run)
+    try:
+        load_sharded(path, tensors)
+    except CheckpointError:
+        raise
+    except Exception as err:
+        saved = ckpt.get("config", {})
+        raise CheckpointError(
+            f"Sharded checkpoint {path} does not fit the model and optimizer this config builds "
+            f"({type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}). It was trained with "
+            f"model={saved.get('model', {}).get('_target_')} optim={saved.get('optim', {}).get('_target_')}; "
+            "resume with those settings, or start afresh (resume=never or a new hydra.run.dir)."
+        ) from err
+    model, optimizers = state_dict_parts(run)
+    options = StateDictOptions(flatten_optimizer_state_dict=True)
+    set_model_state_dict(model, tensors["model"], options=options)
+
+    def load_optimizer() -> None:
+        optim_state = {**tensors["optimizer"], **ckpt["optimizer_rest"]}
+        set_optimizer_state_dict(model, optimizers, optim_state, options=options)
+        if hasattr(run.optimizer, "link_groups"):  # Muon's parts got new group dicts
+            run.optimizer.link_groups()
+
+    return load_optimizer
 
 
 # ---------------------------------------------------------------- the loop's parts
@@ -506,8 +643,9 @@ def train_step(
     accum = len(micro_batches)
     loss_sum = correct = scored = torch.zeros((), dtype=torch.float64, device=info.device)  # rebound, never in place
     for micro_step, (x, y) in enumerate(micro_batches):
-        # DDP all-reduces gradients only on the last micro-step.
-        sync = not info.is_distributed or micro_step == accum - 1
+        # DDP all-reduces gradients only on the last micro-step; FSDP reduce-scatters every
+        # micro-step's, so that only the shards of the gradients are ever kept.
+        sync = run.parallel not in ("ddp", "zero1") or micro_step == accum - 1
         with contextlib.nullcontext() if sync else net.no_sync(), run.autocast:
             loss, micro_correct, micro_scored = net(x, y)
         timer.lap("forward")
@@ -555,7 +693,7 @@ def log_optimizer_state(run: Run) -> None:
     log.info(
         "optimizer state: %.1f MB%s",
         state_bytes(run.optimizer.optim if zero1 else run.optimizer) / 2**20,
-        " (rank 0's ZeRO-1 shard)" if zero1 else "",
+        {"zero1": " (rank 0's ZeRO-1 shard)", "fsdp": " (rank 0's FSDP shard)"}.get(run.parallel, ""),
     )
 
 
@@ -668,24 +806,28 @@ def save_state(
     is_best: bool,
 ) -> None:
     """Everything `resume` restores, plus the config and data meta that `generate` rebuilds the
-    model and tokenizer from. Every rank calls it (the RNG states and a ZeRO-1 optimizer are
-    gathered); rank 0 writes. `val_loss`: this step's (None for a time-based save)."""
-    rng = all_rng_states()
+    model and tokenizer from. Every rank calls it (the RNG states, a ZeRO-1 optimizer and FSDP's
+    shards are collectives); rank 0 writes a file, or under FSDP every rank its shards. `val_loss`:
+    this step's (None for a time-based save)."""
     state = {
-        "model": run.model.state_dict(),
-        "optimizer": optimizer_state(run.optimizer, info, run.parallel == "zero1"),
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict(),
         "data": run.data.train.state_dict(),
-        "rng": rng,
+        "rng": all_rng_states(),
         "step": step,
         "best_val_loss": val_losses.best,
         "best_val_step": val_losses.best_step,
         "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         "data_meta": run.data.meta,
     }
+    best = is_best and cfg.eval.checkpoint == "best_and_last"
+    if run.parallel == "fsdp":
+        tensors, state["optimizer_rest"] = sharded_state(run)
+        save_sharded_checkpoint(ckpt_dir, tensors, state, step, val_loss, best, cfg.eval.keep_last, info.is_master)
+        return
+    state["model"] = run.model.state_dict()
+    state["optimizer"] = optimizer_state(run.optimizer, info, run.parallel == "zero1")
     if info.is_master:
-        best = is_best and cfg.eval.checkpoint == "best_and_last"
         save_checkpoint(ckpt_dir, state, step, val_loss, best, cfg.eval.keep_last)
 
 
@@ -698,11 +840,11 @@ def optimizer_state(optimizer: torch.optim.Optimizer, info: dist.DistInfo, zero1
 
 
 def nonfinite_error(what: str, step: int, ckpt_dir: Path, skippable: bool) -> NonFiniteLossError:
-    last = ckpt_dir / "last.pt"
+    last = pointer(ckpt_dir, "last")
     saved = read_log(ckpt_dir)
     kept = (
         f"the last good checkpoint {last} (step {saved[-1]['step']}) is intact"
-        if last.is_file() and saved
+        if last is not None and saved
         else "no checkpoint was written"
     )
     return NonFiniteLossError(
@@ -726,8 +868,8 @@ def finish_message(run_dir: Path, ckpt_dir: Path, val_losses: ValLosses, loop_st
         f"{val_losses.last:.4f}" if val_losses.last is not None else "n/a",
         run_dir,
     )
-    ckpt = ckpt_dir / "best.pt" if (ckpt_dir / "best.pt").is_file() else ckpt_dir / "last.pt"
-    if ckpt.is_file():
+    ckpt = pointer(ckpt_dir, "best") or pointer(ckpt_dir, "last")
+    if ckpt is not None:
         log.info("Checkpoint: %s", ckpt)
         log.info(
             "Sample from it:\n  python -m nanugpt.generate ckpt=%s 'prompt=\"def \"' max_new_tokens=200",

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,10 +58,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
 
 
 def remove_stale_temp_files(directory: Path) -> None:
-    """Delete the temp files of `atomic_write`s whose process was killed mid-write. Only for a
-    directory no live process writes to (a run dir its run holds, see nanugpt.rundir)."""
+    """Delete the temp files of `atomic_write`s (and temp dirs of sharded saves) whose process was
+    killed mid-write. Only for a directory no live process writes to (a run dir its run holds,
+    see nanugpt.rundir)."""
     for stale in directory.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
+        if stale.is_dir() and not stale.is_symlink():  # a sharded checkpoint's temp dir
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -115,7 +115,9 @@ SCHEMA_BAD: dict[str, dict[str, list[str]]] = {
         "training.device": ["gpu", "cuda:0"],
         "training.threads": ["0", "-2", "abc"],
         "training.skip_nonfinite": ["maybe"],
-        "training.zero1": ["maybe"],
+        "training.parallel": ["maybe", "fsdp2"],
+        "training.activation_checkpointing": ["maybe"],
+        "training.zero1": ["maybe"],  # removed; any valid value is refused by validate_train (test_fsdp.py)
         "training.detect_anomaly": ["maybe"],
         "training.overfit_batches": ["-1", "abc", "1.5"],
         "eval.every": ["0", "-100", "abc"],

@@ -139,7 +139,7 @@ def test_time_based_saves_are_collective(ddp):
 def test_zero1_matches_plain_ddp_and_resumes(single, tmp_path, tmp_path_factory):
     run_dir = tmp_path / "zero1"
     data = data_dir_override(tmp_path_factory)
-    torchrun(run_dir, data, "training.zero1=true")
+    torchrun(run_dir, data, "training.parallel=zero1")
     assert_same_losses(single, run_dir)
     # consolidate_state_dict gathered both ranks' shards: Adam moments for every parameter
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
@@ -147,7 +147,7 @@ def test_zero1_matches_plain_ddp_and_resumes(single, tmp_path, tmp_path_factory)
     assert len(ckpt["optimizer"]["state"]) == n_params > 0
     assert all("exp_avg" in s for s in ckpt["optimizer"]["state"].values())
     # and the sharded optimizer loads it back: resume=auto continues to a later step
-    proc = torchrun(run_dir, data, "training.zero1=true", f"training.max_steps={STEPS + 2}")
+    proc = torchrun(run_dir, data, "training.parallel=zero1", f"training.max_steps={STEPS + 2}")
     assert f"at step {STEPS}" in proc.stdout
     assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == list(range(1, STEPS + 3))
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanugpt.checkpoint import load_checkpoint, read_log
+from nanugpt.checkpoint import load_checkpoint, pointer, read_log
 from nanugpt.metrics import read_metrics
 from nanugpt.observe import RUN_ID_FILE
 
@@ -105,23 +105,21 @@ def check_kill_and_resume_is_bit_identical(
 
     killed = launch(cmd, resumed, overrides, "killed", env)
     kill_after_step(killed, resumed, KILL_AFTER)
-    ckpt_step = load_checkpoint(resumed / "checkpoints" / "last.pt")["step"]
+    last = pointer(resumed / "checkpoints", "last")  # last.pt, or an FSDP run's sharded last/
+    ckpt_step = load_checkpoint(last)["step"]
     assert KILL_AFTER - 2 <= ckpt_step < MAX_STEPS  # really stopped mid-run
     for entry in read_log(resumed / "checkpoints"):
-        assert (resumed / "checkpoints" / entry["path"]).is_file()
+        assert (resumed / "checkpoints" / entry["path"]).exists()
 
     finish(launch(cmd, resumed, overrides, "resume", env), "resume")
-    assert (
-        f"Resumed from {resumed}/checkpoints/last.pt at step {ckpt_step}"
-        in (tmp_path / "resumed-resume.log").read_text()
-    )
+    assert f"Resumed from {last} at step {ckpt_step}" in (tmp_path / "resumed-resume.log").read_text()
 
     ref_losses, got_losses = train_losses(reference), train_losses(resumed)
     assert [s for s, _ in got_losses] == list(range(1, MAX_STEPS + 1))  # one row per step, no duplicates
     assert got_losses == ref_losses  # exact float equality, steps after the kill included
     ref_ckpt, got_ckpt = (
-        load_checkpoint(reference / "checkpoints" / "last.pt"),
-        load_checkpoint(resumed / "checkpoints" / "last.pt"),
+        load_checkpoint(pointer(reference / "checkpoints", "last")),
+        load_checkpoint(pointer(resumed / "checkpoints", "last")),
     )
     assert ref_ckpt["model"].keys() == got_ckpt["model"].keys()
     for name, tensor in ref_ckpt["model"].items():

@@ -228,7 +228,8 @@ def test_sbatch_template_runs_torchrun_ddp(slurm, tmp_path):
 
 # The parallel modes the two-node test runs, each as the override that selects it: a new mode is one line.
 PARALLEL_OVERRIDES = {
-    "ddp": "training.zero1=false",
+    "ddp": "training.parallel=ddp",
+    "fsdp": "training.parallel=fsdp",
 }
 
 

@@ -4,7 +4,7 @@ count the runs that did not exit cleanly (torchrun exit code != 0, or an abort i
 Not a test (it takes minutes and needs a loaded machine to show a race); run it by hand:
 
     python launch/stress/ddp_teardown.py --runs 50 --load 4            # 4 busy-loop processes
-    python launch/stress/ddp_teardown.py --runs 50 --load 4 -- training.zero1=true
+    python launch/stress/ddp_teardown.py --runs 50 --load 4 -- training.parallel=zero1
 
 Each run is `torchrun --standalone --nproc_per_node=2 -m nanugpt.train` with a tiny model on
 gloo (CPU), a few steps and a checkpoint at the end; anything after `--` is passed on.

@@ -6,12 +6,16 @@ from typing import Any
 
 import torch
 
+from nanugpt.dist import is_dtensor
+
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes held in the optimizer's state tensors (moments, momentum buffers); zero until the
-    first step creates them."""
+    """Bytes held in this rank's optimizer state tensors (moments, momentum buffers; under FSDP
+    its shards); zero until the first step creates them."""
 
     def walk(x: Any) -> int:
+        if is_dtensor(x):  # this rank's shard
+            x = x.to_local()
         if isinstance(x, torch.Tensor):
             return x.numel() * x.element_size()
         if isinstance(x, dict):

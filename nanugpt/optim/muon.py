@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from nanugpt.dist import is_dtensor
 from nanugpt.errors import CheckpointError, ConfigError, check_value
 from nanugpt.optim.adamw import check_betas, check_decay_all, check_lr_and_decay
 
@@ -81,6 +82,21 @@ def newton_schulz(
         gram = x @ x.T
         x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x.T if tall else x
+
+
+def orthogonalize(
+    update: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """`newton_schulz` of a whole matrix. Under FSDP the update is a DTensor holding this rank's
+    rows: it is gathered (`full_tensor`), every rank orthogonalises the same full matrix, and keeps
+    its own rows of the result, so the update equals single-process Muon's."""
+    if not is_dtensor(update):
+        return newton_schulz(update, coefficients, steps, eps, dtype)
+    from torch.distributed.tensor import distribute_tensor
+
+    full = newton_schulz(update.full_tensor(), coefficients, steps, eps, dtype)
+    # src_data_rank=None: each rank cuts its shard from its own (identical) copy, no communication
+    return distribute_tensor(full, update.device_mesh, update.placements, src_data_rank=None)
 
 
 def adjusted_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float:
@@ -153,7 +169,7 @@ class Muon(torch.optim.Muon):
                 buf = state["momentum_buffer"]
                 buf.lerp_(grad, 1 - momentum)
                 update = grad.lerp(buf, momentum) if group["nesterov"] else buf
-                update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype)
+                update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype)
                 param.mul_(1 - lr * group["weight_decay"])
                 param.add_(update, alpha=-adjusted_lr(lr, group["adjust_lr_fn"], param.shape))
         return loss
@@ -179,10 +195,12 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     def __init__(self, muon: Muon, adamw: torch.optim.AdamW) -> None:
         self.muon, self.adamw = muon, adamw
+        self.parts = (muon, adamw)  # what torch.distributed.checkpoint.state_dict loads and saves
         super().__init__([p for opt in (muon, adamw) for g in opt.param_groups for p in g["params"]], {})
-        self._link_groups()
+        self.link_groups()
 
-    def _link_groups(self) -> None:
+    def link_groups(self) -> None:
+        """Share the inner optimizers' group dicts; again after anything replaced them (a load)."""
         self.param_groups = self.muon.param_groups + self.adamw.param_groups
 
     @torch.no_grad()
@@ -203,7 +221,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
             )
         self.muon.load_state_dict(state_dict["muon"])
         self.adamw.load_state_dict(state_dict["adamw"])
-        self._link_groups()  # loading replaces the inner group dicts
+        self.link_groups()  # loading replaces the inner group dicts
 
 
 def muon(

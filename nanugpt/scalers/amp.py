@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 import torch
 
+from nanugpt.dist import is_dtensor
 from nanugpt.errors import ConfigError, check_value
 
 
@@ -51,6 +52,12 @@ class AmpScaler(torch.amp.GradScaler):
         self, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor], max_norm: float
     ) -> torch.Tensor:
         """Unscale the gradients in place, clip their global norm to `max_norm` (0: no clip);
-        returns the norm before clipping."""
+        returns the norm before clipping. Under FSDP the gradients are shards (DTensors): their
+        norm is made whole over ranks before it is compared, as in torchtitan's clip."""
         self.unscale_(optimizer)
-        return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf)
+        params = list(params)
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        if is_dtensor(norm):
+            norm = norm.full_tensor()
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm if max_norm > 0 else math.inf, norm)
+        return norm

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 import torch
 
+from nanugpt.dist import is_dtensor
 from nanugpt.errors import ConfigError, check_value
 from nanugpt.scalers.amp import AmpScaler
 
@@ -41,7 +42,10 @@ class PerTensorNormScaler(AmpScaler):
             )
         self.unscale_(optimizer)
         grads = [p.grad for p in params if p.grad is not None]
-        norms = torch._foreach_norm(grads)
+        # FSDP's gradients are shards (DTensors): each norm is made whole over ranks, and each
+        # rank scales its own shard.
+        norms = [n.full_tensor() if is_dtensor(n) else n for n in torch._foreach_norm(grads)]
         total = torch.linalg.vector_norm(torch.stack(norms))
-        torch._foreach_mul_(grads, [max_norm / (n + self.eps) for n in norms])
+        local = [g.to_local() if is_dtensor(g) else g for g in grads]
+        torch._foreach_mul_(local, [max_norm / (n + self.eps) for n in norms])
         return total
