@@ -23,6 +23,14 @@ from nanugpt.bench.common import fmt, machine_info, training_overrides
 # GPT-2 shapes with random tokens where the data does not matter.
 GPT2 = ["model=gpt2_124m", "model.vocab_size=50257", "bench.synthetic=true", "bench.plain_loop=false"]
 FAST_GPU = ["training.compile=true", "optim=adamw_nanogpt"]  # fused AdamW on CUDA
+# gpt2_124m decoding from an 8-token prompt to its full context of 1024
+GENERATE_1024 = [
+    "model=gpt2_124m",
+    "model.vocab_size=50257",
+    "bench.prompt_tokens=8",
+    "bench.new_tokens=1016",
+    "bench.repeats=2",
+]
 
 
 def batch(n: int) -> list[str]:
@@ -54,13 +62,7 @@ GPU_SECTIONS: list[dict[str, Any]] = [
         "name": "gpt2_124m generate, batch 1 and 8, to context 1024",
         "what": "generate",
         "est_s": 60,
-        "args": [
-            "model=gpt2_124m",
-            "model.vocab_size=50257",
-            "bench.prompt_tokens=8",
-            "bench.new_tokens=1016",
-            "bench.repeats=2",
-        ],
+        "args": GENERATE_1024,
     },
     {"name": "gpt2_124m, batch 64, AdamW", "what": "train", "est_s": 75, "args": [*GPT2, *FAST_GPU, *batch(64)]},
     {
@@ -87,11 +89,7 @@ GPU_SECTIONS: list[dict[str, Any]] = [
         "what": "generate",
         "est_s": 90,
         "args": [
-            "model=gpt2_124m",
-            "model.vocab_size=50257",
-            "bench.prompt_tokens=8",
-            "bench.new_tokens=1016",
-            "bench.repeats=2",
+            *GENERATE_1024,
             "bench.batch_sizes=[1]",
             "bench.compile_decode=true",
         ],
