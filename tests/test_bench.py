@@ -198,3 +198,39 @@ def test_bench_speedrun_times_whole_training_runs(tmp_path: Path) -> None:
     )
     assert summary["goal_met"] is False  # the loss goal is met, the wall-time goal is not
     assert list(tmp_path.glob("outputs")) == []  # runs live in temporary dirs
+
+
+def test_gpu_check_dry_run_runs_every_section_and_writes_figures_after_each(tmp_path: Path) -> None:
+    """`bench gpu bench.dry_run=true`: every GPU section at toy size on this CPU, each as its own
+    subprocess, gpu.json and gpu.md holding every section's rows and its command."""
+    from nanugpt.bench.gpu import GPU_SECTIONS
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog\n" for i in range(3000)))
+    out_dir = tmp_path / "gpu"
+    proc = run_cli(
+        "nanugpt.bench",
+        "gpu",
+        "bench.dry_run=true",
+        f"bench.shakespeare_path={corpus}",
+        f"bench.out_dir={out_dir}",
+        cwd=tmp_path,
+    )
+    record = json.loads((out_dir / "gpu.json").read_text())
+    sections = record["sections"]
+    assert [s["section"] for s in sections] == [s["name"] for s in GPU_SECTIONS]
+    for section in sections:
+        assert section["status"] == "ok", (section["section"], section.get("log_tail"))
+        assert section["rows"], section["section"]
+    markdown = (out_dir / "gpu.md").read_text()
+    for section in GPU_SECTIONS:
+        assert f"## {section['name']}: ok" in markdown
+    assert f"[{len(GPU_SECTIONS)}/{len(GPU_SECTIONS)}]" in proc.stdout  # progress names each section as it starts
+
+
+def test_gpu_check_refuses_a_machine_without_cuda_unless_dry_run(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal is for machines without")
+    proc = run_cli("nanugpt.bench", "gpu", f"bench.out_dir={tmp_path / 'gpu'}", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "bench.dry_run=true" in proc.stderr + proc.stdout
+    assert not (tmp_path / "gpu" / "gpu.json").exists()  # refused before any section ran
