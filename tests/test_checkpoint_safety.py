@@ -41,6 +41,22 @@ def assert_log_names_only_existing_files(ckpt_dir: Path) -> None:
         assert (ckpt_dir / entry["path"]).exists(), entry
 
 
+def kills_during_saves(ckpt_dir: Path, saver, kills: int, pause: tuple[float, float]):
+    """Fork `saver(ckpt_dir, logged_step)` (a process that only saves checkpoints; forked: no
+    start-up cost per kill) and SIGKILL it after a random `pause`, `kills` times. Yields after
+    each kill (the step the log held before it, whether the kill left a temp file, i.e. landed
+    mid-save), for the caller's checks of what survived."""
+    fork, rng = multiprocessing.get_context("fork"), random.Random(0)
+    for _ in range(kills):
+        logged = max((e["step"] for e in read_log(ckpt_dir)), default=0)
+        child = fork.Process(target=saver, args=(ckpt_dir, logged), daemon=True)
+        child.start()
+        time.sleep(rng.uniform(*pause))
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        yield logged, bool(list(ckpt_dir.glob(".*.tmp")))
+
+
 def test_keep_last_k_plus_best(tmp_path):
     val = {1: 3.0, 2: 2.0, 3: 2.5, 4: 2.6, 5: 2.7}  # best at step 2, older than every kept file
     best = float("inf")
@@ -183,17 +199,9 @@ def test_sigkill_during_saves_many_times(tmp_path):
     forked child: no start-up cost per kill). After each kill the log names only existing files,
     last.pt and best.pt load with whole tensors, and last.pt is at least as new as the log says.
     Leftover temp files after a kill prove that kills landed mid-save."""
-    ckpt_dir, fork = tmp_path / "checkpoints", multiprocessing.get_context("fork")
-    rng = random.Random(0)
-    mid_save = 0
-    for _ in range(25):
-        logged = max((e["step"] for e in read_log(ckpt_dir)), default=0)
-        child = fork.Process(target=save_forever, args=(ckpt_dir, logged), daemon=True)
-        child.start()
-        time.sleep(rng.uniform(0.05, 0.3))
-        os.kill(child.pid, signal.SIGKILL)
-        child.join()
-        mid_save += bool(list(ckpt_dir.glob(".*.tmp")))
+    ckpt_dir, mid_save = tmp_path / "checkpoints", 0
+    for logged, landed_mid_save in kills_during_saves(ckpt_dir, save_forever, 25, (0.05, 0.3)):
+        mid_save += landed_mid_save
         assert_log_names_only_existing_files(ckpt_dir)
         path, state = find_resume_checkpoint("auto", tmp_path)
         assert path == ckpt_dir / "last.pt"  # the newest checkpoint is whole: no fallback needed

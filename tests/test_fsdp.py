@@ -14,13 +14,9 @@ cores. The other models, Muon, compile and dropout are marked slow.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import pickle
-import random
-import signal
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -44,7 +40,7 @@ from nanugpt.metrics import read_metrics
 from nanugpt.train import train
 
 from .conftest import compose_train
-from .test_checkpoint_safety import assert_log_names_only_existing_files
+from .test_checkpoint_safety import assert_log_names_only_existing_files, kills_during_saves
 from .test_ddp import DDP_TINY, STEPS, data_dir_override, torchrun
 from .test_resume import finish, kill_after_step, launch
 
@@ -204,16 +200,9 @@ def test_sigkill_during_sharded_saves_leaves_the_previous_checkpoint(tmp_path):
     kills landed mid-save; they are never taken for a checkpoint."""
     import torch.distributed.checkpoint  # noqa: F401  (imported once here, not in every child)
 
-    ckpt_dir, fork = tmp_path / "checkpoints", multiprocessing.get_context("fork")
-    rng, mid_save = random.Random(0), 0
-    for _ in range(15):
-        logged = max((e["step"] for e in read_log(ckpt_dir)), default=0)
-        child = fork.Process(target=save_sharded_forever, args=(ckpt_dir, logged), daemon=True)
-        child.start()
-        time.sleep(rng.uniform(0.1, 0.5))
-        os.kill(child.pid, signal.SIGKILL)
-        child.join()
-        mid_save += bool(list(ckpt_dir.glob(".*.tmp")))
+    ckpt_dir, mid_save = tmp_path / "checkpoints", 0
+    for _, landed_mid_save in kills_during_saves(ckpt_dir, save_sharded_forever, 15, (0.1, 0.5)):
+        mid_save += landed_mid_save
         assert_log_names_only_existing_files(ckpt_dir)
         resumed = find_resume_checkpoint("auto", tmp_path)
         if resumed is None:  # killed before its first save was complete: no step directory exists
