@@ -171,3 +171,11 @@ def is_dtensor(tensor: object) -> bool:
     torch.distributed.tensor takes 1.7 s to import, and no DTensor exists before it is imported."""
     module = sys.modules.get("torch.distributed.tensor")
     return module is not None and isinstance(tensor, module.DTensor)
+
+
+def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of `tensors` together, whole over ranks: under FSDP they are DTensor shards,
+    whose norm get_total_norm returns as a partial value that full_tensor() completes (as
+    torchtitan's clip does). Every rank must call it."""
+    norm = torch.nn.utils.get_total_norm(tensors)
+    return norm.full_tensor() if is_dtensor(norm) else norm

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from nanugpt.dist import total_norm
 from nanugpt.metrics import MetricsFile, console_line
 from nanugpt.provenance import write_run_artifacts
 from nanugpt.utils import atomic_write_bytes
@@ -62,12 +63,9 @@ def tf32_matmuls() -> bool:
 
 
 def weight_norm(model: torch.nn.Module) -> float:
-    """The L2 norm of all parameters together. Every rank calls it: under FSDP a parameter is a
-    DTensor shard and get_total_norm all-reduces the shards' norms into the full model's."""
+    """The L2 norm of all parameters together, the full model's under FSDP. Every rank calls it."""
     with torch.no_grad():
-        norm = torch.nn.utils.get_total_norm(list(model.parameters()))
-        # a DTensor norm is a partial sum over the shards: full_tensor() completes it
-        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        return float(total_norm(list(model.parameters())))
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:

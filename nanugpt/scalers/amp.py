@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import torch
 
-from nanugpt.dist import is_dtensor
+from nanugpt.dist import total_norm
 from nanugpt.errors import ConfigError, check_value
 
 
@@ -56,8 +56,6 @@ class AmpScaler(torch.amp.GradScaler):
         norm is made whole over ranks before it is compared, as in torchtitan's clip."""
         self.unscale_(optimizer)
         params = list(params)
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        if is_dtensor(norm):
-            norm = norm.full_tensor()
+        norm = total_norm([p.grad for p in params if p.grad is not None])
         torch.nn.utils.clip_grads_with_norm_(params, max_norm if max_norm > 0 else math.inf, norm)
         return norm
