@@ -286,7 +286,7 @@ def estimate_memory(
 def estimate_for_config(cfg: DictConfig, parallel: str, world_size: int, amp_dtype: torch.dtype) -> MemoryEstimate:
     """`estimate_memory` for a training config (model.vocab_size set): the model and its
     optimizer built on the meta device, `training.device_batch_size` x `model.context_length`,
-    `training.activation_checkpointing` if the config has it."""
+    `training.activation_checkpointing`."""
     from hydra.utils import instantiate
 
     from nanugpt.train import build_optimizer
@@ -304,6 +304,6 @@ def estimate_for_config(cfg: DictConfig, parallel: str, world_size: int, amp_dty
         tcfg.device_batch_size,
         cfg.model.context_length,
         amp_dtype,
-        checkpointing=bool(tcfg.get("activation_checkpointing", False)),
+        checkpointing=tcfg.activation_checkpointing,
         accumulating=tcfg.global_batch_size > tcfg.device_batch_size * world_size,
     )
